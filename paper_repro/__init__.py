@@ -1,0 +1,3 @@
+"""Reference reproduction of PALS (Park, Kim & Heo, Sensors 2022, doi:10.3390/s22072623)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,91 @@
+"""A segmentation dataset over (image file, label file) pairs with strict label checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+UNDEFINED = -1  # marks label values a dataset does not define in a lookup table
+
+
+def label_lookup_table(mapping: dict[int, int]) -> np.ndarray:
+    """A 256-entry table from stored label value to train id, ``UNDEFINED`` where none is given."""
+    table = np.full(256, UNDEFINED, dtype=np.int16)
+    for stored, train_id in mapping.items():
+        table[stored] = train_id
+    return table
+
+
+class LabelledImages(Dataset):
+    """Yields ``(image float [3, H, W], mask long [H, W])`` from listed image and label files.
+
+    The label file is read as a single-channel PNG (grey or palette) and mapped through
+    ``lookup`` to train ids (255 = ignore). A label whose size differs from its image, a label
+    value the dataset does not define and a missing file are errors that name the file.
+    ``transforms`` is called as ``transforms(tv_tensors.Image, tv_tensors.Mask)``.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, str | Path, str | Path]],
+        lookup: np.ndarray,
+        ids: Sequence[str] | None = None,
+        transforms: Callable | None = None,
+        description: str = "dataset",
+    ) -> None:
+        by_id = {sample_id: (Path(image), Path(label)) for sample_id, image, label in samples}
+        if ids is None:
+            ids = sorted(by_id)
+        else:
+            ids = list(ids)
+            unknown = [sample_id for sample_id in ids if sample_id not in by_id]
+            if unknown:
+                raise KeyError(f"{description}: {len(unknown)} requested ids are not in the split, e.g. {unknown[:3]}")
+        for sample_id in ids:
+            for path in by_id[sample_id]:
+                if not path.is_file():
+                    raise FileNotFoundError(f"{description}: missing file {path} (image id {sample_id})")
+        self.ids = ids
+        self.files = [by_id[sample_id] for sample_id in ids]
+        self.lookup = lookup
+        self.transforms = transforms
+        self.description = description
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_label(self, index: int) -> np.ndarray:
+        """Train ids ``[H, W]`` (uint8, 255 = ignore) of sample ``index``, checked against its image."""
+        image_path, label_path = self.files[index]
+        with Image.open(label_path) as label_image:
+            if label_image.mode not in ("L", "P"):
+                raise ValueError(f"{label_path}: expected a single-channel label PNG (mode L or P), got mode {label_image.mode}")
+            stored = np.asarray(label_image)
+        with Image.open(image_path) as image:
+            if image.size != (stored.shape[1], stored.shape[0]):
+                raise ValueError(
+                    f"{label_path}: label size {stored.shape[1]}x{stored.shape[0]} differs from "
+                    f"image {image_path} size {image.size[0]}x{image.size[1]}"
+                )
+        train_ids = self.lookup[stored]
+        if (train_ids == UNDEFINED).any():
+            bad = sorted(np.unique(stored[train_ids == UNDEFINED]).tolist())
+            raise ValueError(f"{label_path}: label values {bad} are not defined for {self.description}")
+        return train_ids.astype(np.uint8)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = tv_tensors.Mask(torch.from_numpy(self.load_label(index)))
+        with Image.open(self.files[index][0]) as image:
+            image = tv_tensors.Image(TF.pil_to_tensor(image.convert("RGB")))
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        if not image.is_floating_point():
+            image = TF.to_dtype(image, torch.float32, scale=True)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()

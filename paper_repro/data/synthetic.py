@@ -1,0 +1,488 @@
+"""The embedded benchmark: procedural street and object scenes written in the real dataset formats.
+
+Both generators draw scenes whose classes differ in *shape, position and context*, not in
+colour: every instance gets its own random texture (smooth noise, stripes, blocks or
+speckle) in two colours that come from a class's typical colour only some of the time and
+from one distribution shared by all classes otherwise, under random lighting, shadows,
+sensor noise and blur. A network must therefore learn layout and silhouettes, which is what
+makes the amount of labelled data matter (DESIGN.md section 3).
+
+* :func:`generate_cityscapes_like` writes a Cityscapes ``gtFine`` tree of perspective street
+  scenes (road, sidewalks, facades, sky, vegetation, terrain, poles, signs, lights, walls,
+  fences, cars, trucks, buses, trams, people, riders, bicycles, motorcycles) labelled with
+  Cityscapes *label ids*, including ids outside the 19 classes (ego vehicle, static clutter,
+  ground) that evaluate as ignore.
+* :func:`generate_voc_like` writes a Pascal VOC 2012 tree of object scenes (1-4 objects of the
+  20 classes, each a multi-part silhouette, on a cluttered background) with palette PNGs
+  and a 255 band along every object boundary.
+
+Every image is drawn from its own generator seeded by ``(seed, split, index)``, so a tree is
+a pure function of its arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from tqdm.auto import tqdm
+
+from .voc import save_palette_png, voc_root
+
+CITYSCAPES_TRAIN_CITIES = ("synthnorth", "syntheast", "synthwest")
+CITYSCAPES_VAL_CITIES = ("synthsouth",)
+TYPICAL_COLOUR_PROBABILITY = 0.4  # otherwise an instance's colours are drawn from the shared distribution
+
+# Cityscapes label ids used by the street generator (DESIGN.md section 3).
+EGO_VEHICLE, GROUND, STATIC = 1, 6, 4
+ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = 7, 8, 11, 12, 13, 17
+TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY = 19, 20, 21, 22, 23
+PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = 24, 25, 26, 27, 28, 31, 32, 33
+
+STREET_COLOURS = {  # typical RGB in [0, 1], used with probability TYPICAL_COLOUR_PROBABILITY
+    ROAD: (0.35, 0.35, 0.37), SIDEWALK: (0.6, 0.55, 0.55), BUILDING: (0.5, 0.45, 0.4), WALL: (0.55, 0.5, 0.45),
+    FENCE: (0.45, 0.4, 0.35), POLE: (0.4, 0.4, 0.4), TRAFFIC_LIGHT: (0.15, 0.15, 0.1), TRAFFIC_SIGN: (0.8, 0.75, 0.1),
+    VEGETATION: (0.25, 0.45, 0.15), TERRAIN: (0.45, 0.55, 0.3), SKY: (0.6, 0.75, 0.9), PERSON: (0.5, 0.3, 0.3),
+    RIDER: (0.6, 0.2, 0.2), CAR: (0.2, 0.25, 0.5), TRUCK: (0.3, 0.3, 0.45), BUS: (0.7, 0.65, 0.2),
+    TRAIN: (0.3, 0.5, 0.55), MOTORCYCLE: (0.2, 0.2, 0.6), BICYCLE: (0.45, 0.1, 0.15), EGO_VEHICLE: (0.1, 0.1, 0.1),
+    GROUND: (0.5, 0.45, 0.35), STATIC: (0.5, 0.5, 0.5),
+}
+
+
+class Canvas:
+    """An RGB image and its label map, painted back to front with textured shapes."""
+
+    def __init__(self, rng: np.random.Generator, height: int, width: int, fill_label: int) -> None:
+        self.rng, self.height, self.width = rng, height, width
+        self.image = np.zeros((height, width, 3), dtype=np.float32)
+        self.labels = np.full((height, width), fill_label, dtype=np.uint8)
+        self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
+
+    def colour(self, typical: tuple[float, float, float]) -> np.ndarray:
+        """The class's typical colour (jittered) some of the time, a colour shared by all classes otherwise."""
+        if self.rng.random() < TYPICAL_COLOUR_PROBABILITY:
+            return np.clip(np.asarray(typical) + self.rng.normal(0, 0.08, 3), 0, 1)
+        return self.rng.uniform(0.05, 0.95, 3)
+
+    def texture(self, typical: tuple[float, float, float]) -> np.ndarray:
+        """A full-frame ``[H, W, 3]`` two-colour texture of a random kind and scale."""
+        first = self.colour(typical)
+        second = first * self.rng.uniform(0.4, 0.9) if self.rng.random() < 0.6 else self.rng.uniform(0.05, 0.95, 3)
+        kind = self.rng.integers(4)
+        if kind == 0:  # smooth noise
+            cells = self.rng.integers(2, 9)
+            grid = self.rng.random((cells, cells)).astype(np.float32)
+            mix = np.asarray(Image.fromarray(grid).resize((self.width, self.height), Image.BILINEAR))
+        elif kind == 1:  # stripes
+            angle, period = self.rng.uniform(0, np.pi), self.rng.uniform(2, 12)
+            mix = 0.5 + 0.5 * np.sin(2 * np.pi * (self.xx * np.cos(angle) + self.yy * np.sin(angle)) / period)
+        elif kind == 2:  # blocks (bricks, windows, tiles)
+            step_x, step_y = self.rng.integers(2, 9, 2)
+            mix = ((self.xx // step_x + self.yy // step_y) % 2).astype(np.float32)
+        else:  # speckle
+            mix = self.rng.random((self.height, self.width)).astype(np.float32)
+        mix = mix[..., None] * self.rng.uniform(0.3, 1.0)
+        return (1 - mix) * first + mix * second
+
+    def paint(self, mask: np.ndarray, label: int, typical: tuple[float, float, float]) -> None:
+        if mask.any():
+            self.image[mask] = self.texture(typical)[mask]
+            self.labels[mask] = label
+
+    def shape_mask(self, draw_shapes) -> np.ndarray:
+        """Rasterise ``draw_shapes(ImageDraw)`` (which fills with 1) into a boolean mask."""
+        layer = Image.new("L", (self.width, self.height), 0)
+        draw_shapes(ImageDraw.Draw(layer))
+        return np.asarray(layer) > 0
+
+    def polygon(self, points, label: int, typical) -> None:
+        self.paint(self.shape_mask(lambda d: d.polygon([tuple(map(float, p)) for p in points], fill=1)), label, typical)
+
+    def finish(self) -> np.ndarray:
+        """Lighting gradient, a cast shadow, sensor noise and blur; returns uint8 ``[H, W, 3]``."""
+        rng, image = self.rng, self.image
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = (self.xx * np.cos(angle) + self.yy * np.sin(angle)) / max(self.height, self.width)
+        image = image * (rng.uniform(0.6, 1.2) + rng.uniform(-0.3, 0.3) * ramp)[..., None]
+        if rng.random() < 0.5:
+            corners = rng.uniform(0, 1, (4, 2)) * (self.width, self.height)
+            shadow = self.shape_mask(lambda d: d.polygon([tuple(c) for c in corners], fill=1))
+            image[shadow] *= rng.uniform(0.5, 0.8)
+        image = image + rng.normal(0, rng.uniform(0.01, 0.05), image.shape)
+        picture = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
+        return np.asarray(picture.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.8))))
+
+
+# ----------------------------------------------------------------------------------- streets
+def draw_street_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """One perspective street scene: ``(image uint8 [H, W, 3], Cityscapes label ids uint8 [H, W])``."""
+    canvas = Canvas(rng, height, width, SKY)
+    colours = STREET_COLOURS
+    canvas.paint(np.ones((height, width), bool), SKY, colours[SKY])
+    horizon = height * rng.uniform(0.32, 0.5)
+    vanish_x = width * rng.uniform(0.35, 0.65)
+    road_left, road_right = vanish_x - width * rng.uniform(0.25, 0.7), vanish_x + width * rng.uniform(0.25, 0.7)
+    walk_left, walk_right = road_left - width * rng.uniform(0.1, 0.5), road_right + width * rng.uniform(0.1, 0.5)
+
+    def depth(y: float) -> float:  # 0 at the horizon, 1 at the bottom row
+        return (y - horizon) / (height - horizon)
+
+    def along(bottom_x: float, y: float) -> float:  # x of the line from the vanishing point to (bottom_x, H) at row y
+        return vanish_x + (bottom_x - vanish_x) * depth(y)
+
+    # Far buildings on the horizon, then ground regions as triangles from the vanishing point.
+    x = 0.0
+    while x < width:
+        span = width * rng.uniform(0.05, 0.2)
+        top = horizon - height * rng.uniform(0.02, 0.25)
+        canvas.polygon([(x, top), (x + span, top), (x + span, horizon + 1), (x, horizon + 1)], BUILDING, colours[BUILDING])
+        x += span
+    vanish = (vanish_x, horizon)
+    for outer, inner in ((-3 * width, walk_left), (4 * width, walk_right)):
+        label = rng.choice([TERRAIN, GROUND, SIDEWALK, VEGETATION], p=[0.45, 0.15, 0.25, 0.15])
+        canvas.polygon([vanish, (outer, height), (inner, height)], label, colours[label])
+    canvas.polygon([vanish, (walk_left, height), (road_left, height)], SIDEWALK, colours[SIDEWALK])
+    canvas.polygon([vanish, (road_right, height), (walk_right, height)], SIDEWALK, colours[SIDEWALK])
+    canvas.polygon([vanish, (road_left, height), (road_right, height)], ROAD, colours[ROAD])
+    for _ in range(rng.integers(0, 3)):  # lane markings: painted road, still labelled road
+        bottom = rng.uniform(road_left, road_right)
+        near, far = rng.uniform(0.3, 1.0), rng.uniform(0.05, 0.3)
+        rows = [horizon + (height - horizon) * t for t in (far, near)]
+        half = width * 0.01
+        canvas.polygon([(along(bottom, rows[0]) - half * far, rows[0]), (along(bottom, rows[0]) + half * far, rows[0]),
+                        (along(bottom, rows[1]) + half * near, rows[1]), (along(bottom, rows[1]) - half * near, rows[1])],
+                       ROAD, (0.9, 0.9, 0.85))
+
+    # Facades on both sides: quadrilaterals whose top and bottom edges run to the vanishing point.
+    for side in (-1, 1):
+        if rng.random() < 0.15:
+            continue  # an open side: no facade
+        base_x = walk_left if side < 0 else walk_right
+        edge = 0.0 if side < 0 else float(width)
+        # the facade stands on the line vanish -> (base_x, H); find its row at the image edge
+        bottom_edge_y = horizon + (height - horizon) * (edge - vanish_x) / (base_x - vanish_x)
+        near_end = vanish_x + side * width * 0.02  # facades stop just short of the vanishing point
+        cuts = [edge]
+        while (cuts[-1] - near_end) * side > 0:
+            cuts.append(cuts[-1] - side * width * rng.uniform(0.08, 0.3))
+        cuts[-1] = near_end
+        for cut, nxt in zip(cuts[:-1], cuts[1:]):
+            top_edge_y = horizon - height * rng.uniform(0.4, 1.2)
+
+            def facade_rows(x_at, top=top_edge_y):
+                t = (x_at - vanish_x) / (edge - vanish_x)
+                return horizon + (top - horizon) * t, horizon + (bottom_edge_y - horizon) * t
+
+            (t0, b0), (t1, b1) = facade_rows(cut), facade_rows(nxt)
+            canvas.polygon([(cut, t0), (nxt, t1), (nxt, b1), (cut, b0)], BUILDING, colours[BUILDING])
+            if rng.random() < 0.3:  # a low wall or fence in front of the facade
+                label = WALL if rng.random() < 0.5 else FENCE
+                k = rng.uniform(0.15, 0.35)
+                canvas.polygon([(cut, b0 - (b0 - t0) * k), (nxt, b1 - (b1 - t1) * k), (nxt, b1), (cut, b0)], label, colours[label])
+
+    # Things on the ground, far to near so that near ones occlude.
+    things = []
+    for _ in range(rng.integers(0, 7)):
+        things.append(("vehicle", rng.choice([CAR, CAR, CAR, TRUCK, BUS, TRAIN], p=[0.3, 0.3, 0.2, 0.1, 0.07, 0.03])))
+    for _ in range(rng.integers(0, 6)):
+        things.append(("person", PERSON))
+    for _ in range(rng.integers(0, 3)):
+        things.append(("rider", RIDER))
+    for _ in range(rng.integers(1, 6)):
+        things.append(("pole", POLE))
+    for _ in range(rng.integers(0, 5)):
+        things.append(("tree", VEGETATION))
+    for _ in range(rng.integers(0, 3)):
+        things.append(("clutter", STATIC))
+    rows = horizon + (height - horizon) * rng.uniform(0.05, 1.0, len(things)) ** 0.7
+    for (kind, label), y in sorted(zip(things, rows), key=lambda item: item[1]):
+        s = depth(y)
+        if kind in ("vehicle", "rider"):
+            x = rng.uniform(along(road_left, y), along(road_right, y))
+        elif kind == "tree" and rng.random() < 0.5:
+            x = rng.uniform(along(-3 * width, y), along(walk_left, y)) if rng.random() < 0.5 else rng.uniform(along(walk_right, y), along(4 * width, y))
+        else:
+            x = rng.uniform(along(walk_left, y), along(road_left, y)) if rng.random() < 0.5 else rng.uniform(along(road_right, y), along(walk_right, y))
+        draw_thing(canvas, kind, label, x, y, s)
+
+    if rng.random() < 0.3:  # the ego vehicle's bonnet at the bottom edge (ignored in evaluation)
+        top = height * rng.uniform(0.85, 0.95)
+        canvas.paint(canvas.shape_mask(lambda d: d.ellipse([-0.2 * width, top, 1.2 * width, top + 2 * (height - top) + height * 0.1], fill=1)),
+                     EGO_VEHICLE, colours[EGO_VEHICLE])
+    return canvas.finish(), canvas.labels
+
+
+def draw_thing(canvas: Canvas, kind: str, label: int, x: float, y: float, s: float) -> None:
+    """Draw one object standing at ground point ``(x, y)`` with perspective scale ``s`` in (0, 1]."""
+    rng, colours, H, W = canvas.rng, STREET_COLOURS, canvas.height, canvas.width
+    if kind == "vehicle":
+        length = {CAR: 0.35, TRUCK: 0.45, BUS: 0.6, TRAIN: 0.9}[label] * W * s * rng.uniform(0.8, 1.2)
+        tall = {CAR: 0.45, TRUCK: 0.9, BUS: 0.75, TRAIN: 0.55}[label] * length * (1 if label == CAR else rng.uniform(0.8, 1.1))
+        left, top = x - length / 2, y - tall
+        wheel = max(1.0, 0.09 * length)
+
+        def body(d):
+            if label == CAR:
+                d.rectangle([left, y - tall * 0.55, left + length, y - wheel * 0.5], fill=1)
+                d.polygon([(left + 0.18 * length, y - tall * 0.55), (left + 0.3 * length, top), (left + 0.72 * length, top), (left + 0.88 * length, y - tall * 0.55)], fill=1)
+            elif label == TRUCK:
+                d.rectangle([left, top, left + 0.7 * length, y - wheel * 0.5], fill=1)
+                d.rectangle([left + 0.72 * length, y - tall * 0.6, left + length, y - wheel * 0.5], fill=1)
+            else:
+                d.rounded_rectangle([left, top, left + length, y - wheel * 0.5], radius=max(1, 0.08 * tall), fill=1)
+            for centre in (left + 0.2 * length, left + 0.8 * length):
+                d.ellipse([centre - wheel, y - 2 * wheel, centre + wheel, y], fill=1)
+
+        silhouette = canvas.shape_mask(body)
+        canvas.paint(silhouette, label, colours[label])
+        window = canvas.shape_mask(lambda d: d.rectangle([left + 0.1 * length, top + 0.1 * tall, left + 0.9 * length, top + 0.3 * tall], fill=1))
+        canvas.paint(window & silhouette, label, (0.1, 0.12, 0.15))  # glass: same class, another look
+    elif kind in ("person", "rider"):
+        tall = 0.45 * H * s * rng.uniform(0.8, 1.15)
+        ground = y
+        if kind == "rider":
+            two_wheeler = MOTORCYCLE if rng.random() < 0.45 else BICYCLE
+            wheel = 0.16 * tall
+            span = 0.7 * tall
+
+            def cycle(d):
+                for cx in (x - span / 2, x + span / 2):
+                    if two_wheeler == BICYCLE:
+                        d.ellipse([cx - wheel, y - 2 * wheel, cx + wheel, y], outline=1, width=max(1, int(wheel * 0.25)))
+                    else:
+                        d.ellipse([cx - wheel, y - 2 * wheel, cx + wheel, y], fill=1)
+                frame = [(x - span / 2, y - wheel), (x, y - 2.2 * wheel), (x + span / 2, y - wheel)]
+                d.line(frame, fill=1, width=max(1, int(wheel * (0.6 if two_wheeler == MOTORCYCLE else 0.25))))
+
+            canvas.paint(canvas.shape_mask(cycle), two_wheeler, colours[two_wheeler])
+            ground, tall = y - 1.6 * wheel, tall * 0.8
+        head = 0.12 * tall
+        body_width = 0.32 * tall
+
+        def figure(d):
+            d.ellipse([x - head / 2, ground - tall, x + head / 2, ground - tall + head], fill=1)
+            d.rounded_rectangle([x - body_width / 2, ground - tall + head, x + body_width / 2, ground - 0.45 * tall], radius=max(1, body_width * 0.2), fill=1)
+            leg = max(1, int(0.1 * tall))
+            stride = rng.uniform(0, 0.15) * tall
+            d.line([(x - body_width / 4, ground - 0.45 * tall), (x - body_width / 4 - stride, ground)], fill=1, width=leg)
+            d.line([(x + body_width / 4, ground - 0.45 * tall), (x + body_width / 4 + stride, ground)], fill=1, width=leg)
+
+        canvas.paint(canvas.shape_mask(figure), label, colours[label])
+    elif kind == "pole":
+        tall = H * s * rng.uniform(0.8, 1.4)
+        thick = max(1.0, 0.012 * W * s)
+        canvas.paint(canvas.shape_mask(lambda d: d.rectangle([x - thick / 2, y - tall, x + thick / 2, y], fill=1)), POLE, colours[POLE])
+        size = max(2.0, 0.05 * W * s)
+        top = y - tall
+        if rng.random() < 0.4:
+            shape = rng.integers(3)
+            def sign(d):
+                box = [x - size / 2, top, x + size / 2, top + size]
+                if shape == 0:
+                    d.ellipse(box, fill=1)
+                elif shape == 1:
+                    d.polygon([(x, top), (x + size / 2, top + size), (x - size / 2, top + size)], fill=1)
+                else:
+                    d.rectangle(box, fill=1)
+            canvas.paint(canvas.shape_mask(sign), TRAFFIC_SIGN, colours[TRAFFIC_SIGN])
+        elif rng.random() < 0.4:
+            box = [x - size / 3, top, x + size / 3, top + 1.8 * size]
+            canvas.paint(canvas.shape_mask(lambda d: d.rectangle(box, fill=1)), TRAFFIC_LIGHT, colours[TRAFFIC_LIGHT])
+            lamp = canvas.shape_mask(lambda d: d.ellipse([x - size / 5, top + 0.1 * size, x + size / 5, top + 0.5 * size], fill=1))
+            canvas.paint(lamp, TRAFFIC_LIGHT, (0.9, 0.2, 0.1))
+    elif kind == "tree":
+        tall = 0.7 * H * s * rng.uniform(0.7, 1.3)
+        trunk = max(1.0, 0.02 * W * s)
+        crown = tall * rng.uniform(0.25, 0.45)
+
+        def tree(d):
+            d.rectangle([x - trunk / 2, y - tall + crown, x + trunk / 2, y], fill=1)
+            for _ in range(rng.integers(2, 5)):
+                cx, cy = x + rng.normal(0, crown * 0.3), y - tall + crown + rng.normal(0, crown * 0.3)
+                r = crown * rng.uniform(0.6, 1.0)
+                d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+
+        canvas.paint(canvas.shape_mask(tree), VEGETATION, colours[VEGETATION])
+    else:  # static clutter: boxes, bins, benches (ignored in evaluation)
+        size = 0.08 * W * s * rng.uniform(0.5, 1.5)
+        canvas.paint(canvas.shape_mask(lambda d: d.rectangle([x - size / 2, y - size, x + size / 2, y], fill=1)), STATIC, colours[STATIC])
+
+
+# ----------------------------------------------------------------------------------- objects
+# Each VOC class is a silhouette of primitives in a unit box (x right, y down) with a typical
+# width / height ratio; parts marked "detail" are painted in a second look but keep the label.
+def _e(cx, cy, rx, ry, detail=False):
+    return ("ellipse", (cx - rx, cy - ry, cx + rx, cy + ry), detail)
+
+
+def _r(x0, y0, x1, y1, detail=False):
+    return ("rect", (x0, y0, x1, y1), detail)
+
+
+def _p(*points, detail=False):
+    return ("poly", points, detail)
+
+
+def _l(*points, width=0.06, detail=False):
+    return ("line", (points, width), detail)
+
+
+VOC_SILHOUETTES = {  # class index: (aspect w/h, typical colour, parts)
+    1: (2.2, (0.8, 0.8, 0.85), [_e(0.5, 0.5, 0.48, 0.1), _p((0.35, 0.5), (0.62, 0.5), (0.45, 0.98)), _p((0.35, 0.5), (0.62, 0.5), (0.5, 0.05)), _p((0.02, 0.5), (0.14, 0.5), (0.04, 0.15))]),
+    2: (1.6, (0.6, 0.1, 0.1), [("ring", (0.02, 0.42, 0.42, 0.98), False), ("ring", (0.58, 0.42, 0.98, 0.98), False), _l((0.22, 0.7), (0.45, 0.35), (0.75, 0.35), (0.78, 0.7)), _l((0.45, 0.35), (0.5, 0.7), (0.22, 0.7)), _l((0.75, 0.35), (0.7, 0.1))]),
+    3: (1.3, (0.5, 0.35, 0.2), [_e(0.45, 0.55, 0.3, 0.2), _e(0.75, 0.32, 0.13, 0.13), _p((0.85, 0.28), (1.0, 0.34), (0.85, 0.4)), _p((0.2, 0.5), (0.0, 0.35), (0.0, 0.7)), _l((0.45, 0.7), (0.42, 1.0), width=0.03), _l((0.55, 0.7), (0.58, 1.0), width=0.03)]),
+    4: (1.3, (0.9, 0.9, 0.9), [_p((0.0, 0.65), (1.0, 0.65), (0.85, 0.97), (0.15, 0.97)), _l((0.5, 0.03), (0.5, 0.65), width=0.03), _p((0.53, 0.06), (0.53, 0.6), (0.92, 0.6), detail=True)]),
+    5: (0.38, (0.2, 0.5, 0.25), [_r(0.1, 0.38, 0.9, 1.0), _e(0.5, 0.38, 0.4, 0.12), _r(0.35, 0.0, 0.65, 0.35), _r(0.3, 0.0, 0.7, 0.06, detail=True)]),
+    6: (1.8, (0.85, 0.7, 0.1), [_r(0.0, 0.08, 1.0, 0.88), _r(0.05, 0.18, 0.95, 0.45, detail=True), _e(0.2, 0.88, 0.08, 0.1), _e(0.8, 0.88, 0.08, 0.1)]),
+    7: (2.0, (0.2, 0.25, 0.6), [_r(0.0, 0.45, 1.0, 0.85), _p((0.2, 0.46), (0.3, 0.12), (0.7, 0.12), (0.86, 0.46)), _p((0.33, 0.42), (0.38, 0.18), (0.66, 0.18), (0.74, 0.42), detail=True), _e(0.22, 0.85, 0.1, 0.14), _e(0.78, 0.85, 0.1, 0.14)]),
+    8: (1.4, (0.6, 0.5, 0.4), [_e(0.42, 0.65, 0.34, 0.24), _e(0.8, 0.35, 0.17, 0.18), _p((0.66, 0.25), (0.7, 0.0), (0.8, 0.2)), _p((0.82, 0.2), (0.92, 0.0), (0.95, 0.27)), _l((0.1, 0.65), (0.02, 0.3), (0.1, 0.1), width=0.05)]),
+    9: (0.7, (0.5, 0.3, 0.15), [_r(0.1, 0.5, 0.9, 0.62), _r(0.1, 0.0, 0.24, 0.62), _r(0.1, 0.62, 0.18, 1.0), _r(0.82, 0.62, 0.9, 1.0), _r(0.35, 0.62, 0.42, 0.95)]),
+    10: (1.5, (0.4, 0.3, 0.2), [_r(0.15, 0.25, 0.8, 0.65), _e(0.15, 0.45, 0.08, 0.2), _r(0.78, 0.15, 1.0, 0.45), _r(0.2, 0.6, 0.28, 1.0), _r(0.32, 0.6, 0.4, 1.0), _r(0.6, 0.6, 0.68, 1.0), _r(0.7, 0.6, 0.78, 1.0), _e(0.45, 0.4, 0.15, 0.1, detail=True)]),
+    11: (1.6, (0.55, 0.35, 0.2), [_r(0.0, 0.3, 1.0, 0.42), _r(0.05, 0.42, 0.11, 1.0), _r(0.89, 0.42, 0.95, 1.0), _r(0.3, 0.42, 0.35, 0.9), _r(0.65, 0.42, 0.7, 0.9)]),
+    12: (1.5, (0.45, 0.3, 0.15), [_e(0.45, 0.5, 0.32, 0.17), _e(0.83, 0.3, 0.13, 0.13), _e(0.96, 0.34, 0.06, 0.05), _p((0.76, 0.22), (0.74, 0.38), (0.7, 0.25)), _l((0.22, 0.55), (0.2, 1.0)), _l((0.35, 0.6), (0.37, 1.0)), _l((0.58, 0.6), (0.56, 1.0)), _l((0.68, 0.55), (0.7, 1.0)), _l((0.14, 0.45), (0.02, 0.15), width=0.04)]),
+    13: (1.3, (0.45, 0.25, 0.1), [_e(0.45, 0.42, 0.3, 0.14), _p((0.65, 0.35), (0.78, 0.05), (0.88, 0.1), (0.75, 0.45)), _e(0.88, 0.12, 0.1, 0.07), _l((0.22, 0.5), (0.2, 1.0)), _l((0.32, 0.5), (0.34, 1.0)), _l((0.6, 0.5), (0.58, 1.0)), _l((0.68, 0.5), (0.7, 1.0)), _l((0.16, 0.35), (0.03, 0.7), width=0.05)]),
+    14: (1.6, (0.15, 0.15, 0.5), [_e(0.2, 0.75, 0.18, 0.24), _e(0.8, 0.75, 0.18, 0.24), _p((0.22, 0.6), (0.78, 0.55), (0.7, 0.3), (0.35, 0.32)), _l((0.7, 0.3), (0.78, 0.05)), _e(0.5, 0.35, 0.12, 0.06, detail=True)]),
+    15: (0.4, (0.6, 0.4, 0.35), [_e(0.5, 0.09, 0.17, 0.08), _r(0.22, 0.18, 0.78, 0.58), _r(0.24, 0.56, 0.46, 1.0), _r(0.54, 0.56, 0.76, 1.0), _l((0.22, 0.2), (0.05, 0.5), width=0.1), _l((0.78, 0.2), (0.95, 0.5), width=0.1)]),
+    16: (0.7, (0.2, 0.55, 0.2), [_p((0.28, 0.62), (0.72, 0.62), (0.64, 1.0), (0.36, 1.0), detail=True), _e(0.5, 0.35, 0.35, 0.3), _e(0.3, 0.3, 0.2, 0.2), _e(0.7, 0.25, 0.22, 0.22)]),
+    17: (1.4, (0.85, 0.85, 0.8), [_e(0.42, 0.5, 0.36, 0.28), _e(0.2, 0.35, 0.15, 0.15), _e(0.45, 0.3, 0.2, 0.18), _e(0.62, 0.35, 0.18, 0.18), _e(0.86, 0.38, 0.12, 0.1, detail=True), _l((0.25, 0.7), (0.25, 1.0)), _l((0.6, 0.7), (0.6, 1.0))]),
+    18: (2.0, (0.5, 0.2, 0.2), [_r(0.0, 0.5, 1.0, 0.88), _r(0.05, 0.12, 0.95, 0.55), _r(0.0, 0.35, 0.12, 0.88), _r(0.88, 0.35, 1.0, 0.88), _r(0.05, 0.88, 0.1, 1.0), _r(0.9, 0.88, 0.95, 1.0)]),
+    19: (3.0, (0.3, 0.45, 0.55), [_r(0.08, 0.15, 1.0, 0.85), _p((0.0, 0.85), (0.0, 0.4), (0.08, 0.15), (0.08, 0.85)), _r(0.15, 0.25, 0.95, 0.45, detail=True), _e(0.25, 0.88, 0.04, 0.08), _e(0.45, 0.88, 0.04, 0.08), _e(0.65, 0.88, 0.04, 0.08), _e(0.85, 0.88, 0.04, 0.08)]),
+    20: (1.2, (0.15, 0.15, 0.15), [_r(0.02, 0.0, 0.98, 0.75), _r(0.08, 0.06, 0.92, 0.69, detail=True), _r(0.42, 0.75, 0.58, 0.9), _r(0.25, 0.9, 0.75, 1.0)]),
+}
+
+
+def _draw_part(draw: ImageDraw.ImageDraw, part, to_pixels, scale: float) -> None:
+    kind, geometry, _ = part
+    if kind == "poly":
+        draw.polygon([to_pixels(x, y) for x, y in geometry], fill=1)
+    elif kind == "line":
+        points, width = geometry
+        draw.line([to_pixels(x, y) for x, y in points], fill=1, width=max(1, int(round(width * scale))))
+    else:
+        (x0, y0), (x1, y1) = to_pixels(geometry[0], geometry[1]), to_pixels(geometry[2], geometry[3])
+        box = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
+        if kind == "rect":
+            draw.rectangle(box, fill=1)
+        elif kind == "ellipse":
+            draw.ellipse(box, fill=1)
+        else:  # ring
+            draw.ellipse(box, outline=1, width=max(1, int(round(0.08 * scale))))
+
+
+def draw_object_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """One object scene: ``(image uint8 [H, W, 3], VOC class indices uint8 [H, W] with 255 bands)``."""
+    canvas = Canvas(rng, height, width, 0)
+    background = (0.5, 0.5, 0.5)
+    canvas.paint(np.ones((height, width), bool), 0, background)
+    if rng.random() < 0.6:  # a floor or table surface under a wall
+        floor = height * rng.uniform(0.4, 0.8)
+        canvas.paint(canvas.yy > floor + (canvas.xx - width / 2) * rng.uniform(-0.2, 0.2), 0, background)
+    for _ in range(rng.integers(2, 8)):  # background clutter: random shapes, still background
+        centre = rng.uniform(0, 1, 2) * (width, height)
+        radius = rng.uniform(0.05, 0.3) * min(height, width)
+        corners = [tuple(centre + radius * np.array([np.cos(a), np.sin(a)])) for a in np.sort(rng.uniform(0, 2 * np.pi, rng.integers(3, 7)))]
+        canvas.polygon(corners, 0, background)
+
+    objects = rng.choice(np.arange(1, 21), size=rng.integers(1, 5))
+    sizes = rng.uniform(0.3, 0.85, len(objects)) * min(height, width)
+    for class_index, size in sorted(zip(objects, sizes), key=lambda item: -item[1]):  # large (far) first
+        aspect, typical, parts = VOC_SILHOUETTES[int(class_index)]
+        aspect *= rng.uniform(0.8, 1.25)
+        box_w, box_h = (size, size / aspect) if aspect >= 1 else (size * aspect, size)
+        box_w, box_h = min(box_w, 0.95 * width), min(box_h, 0.95 * height)
+        left, top = rng.uniform(-0.1 * box_w, width - 0.9 * box_w), rng.uniform(-0.1 * box_h, height - 0.9 * box_h)
+        flip = rng.random() < 0.5
+
+        def to_pixels(x, y, left=left, top=top, box_w=box_w, box_h=box_h, flip=flip):
+            return (left + (1 - x if flip else x) * box_w, top + y * box_h)
+
+        scale = min(box_w, box_h)
+        body = canvas.shape_mask(lambda d: [_draw_part(d, p, to_pixels, scale) for p in parts])
+        canvas.paint(body, int(class_index), typical)
+        details = [p for p in parts if p[2]]
+        if details:
+            detail = canvas.shape_mask(lambda d: [_draw_part(d, p, to_pixels, scale) for p in details])
+            canvas.paint(detail & body, int(class_index), (0.1, 0.1, 0.12))
+
+    image = canvas.finish()
+    labels = canvas.labels.copy()
+    band = max(3, 2 * round(min(height, width) / 160) + 1)  # about 1% of the image, as in VOC
+    layer = Image.fromarray(canvas.labels)
+    differs = np.asarray(layer.filter(ImageFilter.MaxFilter(band))) != np.asarray(layer.filter(ImageFilter.MinFilter(band)))
+    labels[differs] = 255
+    return image, labels
+
+
+# ----------------------------------------------------------------------------------- writers
+def _rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, {"train": 0, "val": 1}[split], index])
+
+
+def _check_sizes(n_train: int, n_val: int, height: int, width: int) -> None:
+    for name, value, least in (("n_train", n_train, 1), ("n_val", n_val, 1), ("height", height, 16), ("width", width, 16)):
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
+def _write_atomically(root: Path, write_tree) -> Path:
+    """Build the tree in ``root.tmp`` and move it into place only once it is complete."""
+    root = Path(root)
+    staging = root.with_name(root.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_tree(staging)
+    shutil.rmtree(root, ignore_errors=True)
+    os.replace(staging, root)
+    return root
+
+
+def generate_cityscapes_like(root, n_train: int, n_val: int, height: int, width: int, seed: int) -> Path:
+    """Write ``n_train`` / ``n_val`` street scenes as a Cityscapes ``gtFine`` tree at ``root``.
+
+    Files: ``leftImg8bit/{split}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png`` and
+    ``gtFine/{split}/{city}/..._gtFine_labelIds.png`` (grey PNG of Cityscapes label ids).
+    """
+    _check_sizes(n_train, n_val, height, width)
+
+    def write_tree(staging: Path) -> None:
+        for split, count, cities in (("train", n_train, CITYSCAPES_TRAIN_CITIES), ("val", n_val, CITYSCAPES_VAL_CITIES)):
+            for index in tqdm(range(count), desc=f"synthetic-cityscapes {split}", leave=False):
+                city = cities[index % len(cities)]
+                stem = f"{city}_{index // len(cities):06d}_{19:06d}"
+                image, labels = draw_street_scene(_rng(seed, split, index), height, width)
+                for folder, suffix, array in (("leftImg8bit", "leftImg8bit", image), ("gtFine", "gtFine_labelIds", labels)):
+                    target = staging / folder / split / city / f"{stem}_{suffix}.png"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(array).save(target)
+
+    return _write_atomically(root, write_tree)
+
+
+def generate_voc_like(root, n_train: int, n_val: int, height: int, width: int, seed: int) -> Path:
+    """Write ``n_train`` / ``n_val`` object scenes as a Pascal VOC 2012 tree under ``root/VOCdevkit/VOC2012``.
+
+    Files: ``JPEGImages/{id}.jpg``, ``SegmentationClass/{id}.png`` (palette PNG, 255 boundary
+    band) and ``ImageSets/Segmentation/{train,val,trainval}.txt``.
+    """
+    _check_sizes(n_train, n_val, height, width)
+
+    def write_tree(staging: Path) -> None:
+        base = voc_root(staging)
+        for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+            (base / folder).mkdir(parents=True, exist_ok=True)
+        lists = {}
+        for split, count, offset in (("train", n_train, 0), ("val", n_val, n_train)):
+            lists[split] = []
+            for index in tqdm(range(count), desc=f"synthetic-voc {split}", leave=False):
+                image_id = f"synth_{offset + index:06d}"
+                image, labels = draw_object_scene(_rng(seed, split, index), height, width)
+                Image.fromarray(image).save(base / "JPEGImages" / f"{image_id}.jpg", quality=92)
+                save_palette_png(labels, base / "SegmentationClass" / f"{image_id}.png")
+                lists[split].append(image_id)
+        lists["trainval"] = lists["train"] + lists["val"]
+        for split, ids in lists.items():
+            (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+
+    return _write_atomically(root, write_tree)
