@@ -63,8 +63,9 @@ def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: floa
     keys = F.normalize(features.detach().float().flatten(2).transpose(1, 2), dim=-1)  # [B, N, D]
     values = probs.detach().float().flatten(2).transpose(1, 2)  # [B, N, K]
     width_common = max(dim, classes)
-    keys = F.pad(keys, (0, width_common - dim)).unsqueeze(1)  # [B, 1, N, C]
-    values = F.pad(values, (0, width_common - classes)).unsqueeze(1)
+    # fused kernels also need a unit stride in the last dimension, hence contiguous()
+    keys = F.pad(keys, (0, width_common - dim)).unsqueeze(1).contiguous()  # [B, 1, N, C]
+    values = F.pad(values, (0, width_common - classes)).unsqueeze(1).contiguous()
     aggregated = F.scaled_dot_product_attention(keys, keys, values, scale=1.0 / tau)
     return aggregated[:, 0, :, :classes].transpose(1, 2).reshape(batch, classes, height, width)
 

@@ -25,9 +25,10 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
         raise ValueError(f"pred shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
     valid = target != ignore_index
     truth, guess = target[valid].long(), pred[valid].long()
-    bad = (truth < 0) | (truth >= num_classes) | (guess < 0) | (guess >= num_classes)
-    if bad.any():
-        raise ValueError(f"labels must be in [0, {num_classes}) or {ignore_index}; found {torch.unique(torch.cat([truth[bad], guess[bad]])).tolist()}")
+    values = torch.cat([truth, guess])
+    out_of_range = values[(values < 0) | (values >= num_classes)]
+    if out_of_range.numel():
+        raise ValueError(f"labels must be in [0, {num_classes}) or {ignore_index}; found {torch.unique(out_of_range).tolist()}")
     counts = torch.bincount(truth * num_classes + guess, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
 

@@ -1,0 +1,234 @@
+"""PALS and the baseline losses against independent expectations (DESIGN.md section 2)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from paper_repro.losses import aggregate_predictions, build_loss
+
+IGNORE = 255
+
+
+def naive_aggregate(features, probs, tau):
+    """Oracle: the materialised N x N affinity of section 2 steps 2-4, in float64."""
+    f = F.normalize(features.double().flatten(2), dim=1)  # [B, D, N]
+    affinity = torch.softmax(torch.einsum("bdi,bdj->bij", f, f) / tau, dim=-1)
+    return torch.einsum("bij,bkj->bki", affinity, probs.double().flatten(2)).reshape(probs.shape)
+
+
+def random_batch(seed, batch=2, classes=5, size=(12, 16), feat_size=(6, 8), dim=8, ignore_fraction=0.2):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, classes, *size, generator=generator) * 2
+    features = torch.randn(batch, dim, *feat_size, generator=generator)
+    target = torch.randint(0, classes, (batch, *size), generator=generator)
+    target[torch.rand(batch, *size, generator=generator) < ignore_fraction] = IGNORE
+    return logits, target, features
+
+
+def soft_cross_entropy_oracle(logits, target, soft_targets):
+    """Mean over valid pixels via PyTorch's own probability-target cross-entropy."""
+    valid = target != IGNORE
+    flat_logits = logits.permute(0, 2, 3, 1)[valid]
+    flat_targets = soft_targets.permute(0, 2, 3, 1)[valid]
+    return F.cross_entropy(flat_logits, flat_targets)
+
+
+@pytest.mark.parametrize(
+    "batch,dim,classes,height,width,tau",
+    [(2, 8, 5, 4, 6, 0.1), (3, 16, 19, 8, 8, 0.5), (2, 256, 21, 9, 7, 0.07), (2, 3, 7, 5, 5, 2.0)],
+)
+def test_fused_aggregation_matches_naive_oracle(batch, dim, classes, height, width, tau):
+    generator = torch.Generator().manual_seed(batch * 1000 + dim)
+    features = torch.randn(batch, dim, height, width, generator=generator)
+    probs = torch.softmax(torch.randn(batch, classes, height, width, generator=generator) * 3, dim=1)
+    fused = aggregate_predictions(features, probs, tau)
+    assert fused.shape == probs.shape
+    torch.testing.assert_close(fused.double(), naive_aggregate(features, probs, tau), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(fused.sum(1), torch.ones(batch, height, width), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dim,classes", [(64, 19), (8, 21), (21, 21)])
+def test_aggregation_runs_on_the_fused_flash_kernel_on_cpu(dim, classes):
+    features = torch.randn(2, dim, 16, 16)
+    probs = torch.softmax(torch.randn(2, classes, 16, 16), dim=1)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # a fallback to the O(N^2) math kernel raises
+        aggregated = aggregate_predictions(features, probs, 0.1)
+    torch.testing.assert_close(aggregated.double(), naive_aggregate(features, probs, 0.1), atol=2e-5, rtol=1e-4)
+
+
+def test_images_do_not_attend_to_each_other():
+    features = torch.randn(2, 8, 4, 4)
+    probs = torch.softmax(torch.randn(2, 3, 4, 4), dim=1)
+    changed = probs.clone()
+    changed[1] = torch.softmax(torch.randn(3, 4, 4), dim=0)
+    torch.testing.assert_close(aggregate_predictions(features, probs, 0.1)[0], aggregate_predictions(features, changed, 0.1)[0])
+
+
+def test_hand_computed_2x2_example():
+    # One image, K = 2, D = 1, features at the label resolution (resampling is the identity).
+    # f = sign(F): pixels 0, 1, 3 are +1 and pixel 2 is -1, so <f_i, f_j> = +-1. With
+    # tau = 1 / ln 2 the affinity weights are 2 (same sign) and 1/2 (opposite sign):
+    #   rows of +1 pixels: [2, 2, 1/2, 2] / 6.5;   row of pixel 2: [1/2, 1/2, 2, 1/2] / 3.5.
+    # Logits give p = [.75, .25], [.5, .5], [.25, .75], [.75, .25], hence
+    #   q(+1 pixels, class 0) = (2*.75 + 2*.5 + .5*.25 + 2*.75) / 6.5 = 4.125 / 6.5
+    #   q(pixel 2,  class 0) = (.5*.75 + .5*.5 + 2*.25 + .5*.75) / 3.5 = 1.5 / 3.5.
+    # Labels [[0, 1], [1, ignore]], alpha = 1/2: t = onehot / 2 + q / 2 on pixels 0, 1, 2.
+    ln3 = math.log(3.0)
+    logits = torch.tensor([[[ln3, 0.0], [0.0, ln3]], [[0.0, 0.0], [ln3, 0.0]]]).unsqueeze(0)
+    features = torch.tensor([[[[1.0, 1.0], [-1.0, 1.0]]]])
+    target = torch.tensor([[[0, 1], [1, IGNORE]]])
+    q_plus, q_minus = 4.125 / 6.5, 1.5 / 3.5
+    expected_targets = [
+        (0.5 + 0.5 * q_plus, 0.5 * (1 - q_plus)),  # pixel 0, label 0
+        (0.5 * q_plus, 0.5 + 0.5 * (1 - q_plus)),  # pixel 1, label 1
+        (0.5 * q_minus, 0.5 + 0.5 * (1 - q_minus)),  # pixel 2, label 1
+    ]
+    log_p = [(math.log(0.75), math.log(0.25)), (math.log(0.5), math.log(0.5)), (math.log(0.25), math.log(0.75))]
+    expected = sum(-(t0 * l0 + t1 * l1) for (t0, t1), (l0, l1) in zip(expected_targets, log_p)) / 3
+
+    loss = build_loss("pals", 2, tau=1 / math.log(2), alpha=0.5, T=1.0)
+    assert loss(logits, target, features).item() == pytest.approx(expected, rel=1e-5)
+    targets = loss.targets(logits, target, features)[0].permute(1, 2, 0).reshape(4, 2)
+    torch.testing.assert_close(targets[:3], torch.tensor(expected_targets), atol=1e-6, rtol=0)
+    assert targets[3].abs().sum() == 0  # the ignored pixel has no target
+
+
+@pytest.mark.parametrize("name,params", [("pals", {}), ("pals", {"alpha": 0.2, "tau": 0.5, "T": 2.0}), ("pals_no_onehot", {}), ("pals_uniform", {}), ("ls", {"eps": 0.3})])
+def test_targets_are_distributions_on_valid_pixels(name, params):
+    logits, target, features = random_batch(0)
+    targets = build_loss(name, 5, **params).targets(logits, target, features)
+    valid = target != IGNORE
+    torch.testing.assert_close(targets.sum(1)[valid], torch.ones(int(valid.sum())), atol=1e-5, rtol=0)
+    assert (targets >= 0).all()
+    assert targets.sum(1)[~valid].abs().max() == 0
+
+
+def test_loss_equals_cross_entropy_with_its_soft_targets():
+    logits, target, features = random_batch(1)
+    loss = build_loss("pals", 5, alpha=0.3, tau=0.2)
+    expected = soft_cross_entropy_oracle(logits, target, loss.targets(logits, target, features))
+    torch.testing.assert_close(loss(logits, target, features), expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ce", "pals"])
+def test_alpha_one_is_cross_entropy(name):
+    logits, target, features = random_batch(2)
+    params = {"alpha": 1.0} if name == "pals" else {}
+    expected = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    torch.testing.assert_close(build_loss(name, 5, **params)(logits, target, features), expected)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.25])
+def test_ls_equals_pytorch_label_smoothing(eps):
+    logits, target, features = random_batch(3)
+    expected = F.cross_entropy(logits, target, ignore_index=IGNORE, label_smoothing=eps)
+    torch.testing.assert_close(build_loss("ls", 5, eps=eps)(logits, target, features), expected)
+
+
+def test_ls_default_eps_is_0_1():
+    logits, target, features = random_batch(4)
+    expected = F.cross_entropy(logits, target, ignore_index=IGNORE, label_smoothing=0.1)
+    torch.testing.assert_close(build_loss("ls", 5)(logits, target, features), expected)
+
+
+def test_pals_uniform_smooths_towards_the_image_mean_prediction():
+    logits, target, features = random_batch(5, feat_size=(3, 4))
+    alpha = 0.4
+    small = F.interpolate(logits, size=(3, 4), mode="bilinear", align_corners=False)
+    image_mean = torch.softmax(small, dim=1).mean(dim=(2, 3))  # [B, K]
+    onehot = F.one_hot(target.clamp(max=4), 5).permute(0, 3, 1, 2).float()
+    soft = alpha * onehot + (1 - alpha) * image_mean[:, :, None, None]
+    expected = soft_cross_entropy_oracle(logits, target, soft)
+    torch.testing.assert_close(build_loss("pals_uniform", 5, alpha=alpha)(logits, target, features), expected)
+
+
+def test_pals_no_onehot_uses_the_aggregated_distribution_alone():
+    logits, target, features = random_batch(6)
+    tau = 0.3
+    small = F.interpolate(logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
+    q = naive_aggregate(features, torch.softmax(small, dim=1), tau).float()
+    q = F.interpolate(q, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+    expected = soft_cross_entropy_oracle(logits, target, q)
+    torch.testing.assert_close(build_loss("pals_no_onehot", 5, tau=tau)(logits, target, features), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_temperature_softens_the_prediction_before_aggregation():
+    logits, target, features = random_batch(7)
+    hot = build_loss("pals_no_onehot", 5, T=4.0).targets(logits, target, features)
+    cold = build_loss("pals_no_onehot", 5, T=1.0).targets(logits, target, features)
+    valid = (target != IGNORE).unsqueeze(1)
+    entropy = lambda t: -(t.clamp_min(1e-12).log() * t * valid).sum()  # noqa: E731
+    assert entropy(hot) > entropy(cold)
+
+
+@pytest.mark.parametrize("name", ["ce", "ls", "pals", "pals_no_onehot", "pals_uniform"])
+def test_gradient_flows_only_through_log_softmax(name):
+    # With sum_k t_ik = 1 and t detached, d loss / d z_i = (softmax(z_i) - t_i) / n_valid on valid
+    # pixels and 0 on ignored ones; features get no gradient at all.
+    logits, target, features = random_batch(8)
+    logits.requires_grad_(True)
+    features.requires_grad_(True)
+    loss = build_loss(name, 5)
+    value = loss(logits, target, features)
+    value.backward()
+    valid = (target != IGNORE).unsqueeze(1)
+    with torch.no_grad():
+        expected = (torch.softmax(logits, 1) - loss.targets(logits, target, features)) * valid / valid.sum()
+    torch.testing.assert_close(logits.grad, expected, atol=1e-7, rtol=1e-4)
+    assert features.grad is None or features.grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("name", ["ce", "ls"])
+def test_ignored_pixels_contribute_nothing(name):
+    logits, target, features = random_batch(9)
+    changed = logits.clone()
+    changed[(target == IGNORE).unsqueeze(1).expand_as(logits)] = 100.0
+    loss = build_loss(name, 5)
+    torch.testing.assert_close(loss(logits, target, features), loss(changed, target, features))
+
+
+def test_pals_loss_is_the_mean_over_valid_pixels_only():
+    logits, target, features = random_batch(10, ignore_fraction=0.0)
+    loss = build_loss("pals", 5)
+    per_pixel = -(loss.targets(logits, target, features) * torch.log_softmax(logits, 1)).sum(1)
+    partly_ignored = target.clone()
+    partly_ignored[:, :4] = IGNORE  # ignored pixels stay keys of the affinity, so t elsewhere is unchanged
+    expected = per_pixel[:, 4:].mean()
+    torch.testing.assert_close(loss(logits, partly_ignored, features), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_all_pixels_ignored_gives_zero_loss():
+    logits, target, features = random_batch(11)
+    target[:] = IGNORE
+    assert build_loss("pals", 5)(logits, target, features).item() == 0.0
+
+
+@pytest.mark.parametrize(
+    "name,params,message",
+    [
+        ("focal", {}, "unknown loss 'focal'"),
+        ("pals", {"alpha": 1.5}, "alpha must be in [0, 1], got 1.5"),
+        ("pals", {"alpha": -0.1}, "alpha must be in [0, 1]"),
+        ("pals", {"tau": 0.0}, "tau must be > 0, got 0.0"),
+        ("pals", {"tau": -1.0}, "tau must be > 0"),
+        ("pals", {"T": 0.0}, "T (teacher temperature) must be > 0"),
+        ("ls", {"eps": 1.2}, "eps must be in [0, 1], got 1.2"),
+        ("ce", {"tau": 0.1}, "loss 'ce' takes parameters none, got unknown ['tau']"),
+        ("pals_no_onehot", {"alpha": 0.5}, "got unknown ['alpha']"),
+        ("pals", {"tau": "0.1"}, "parameter 'tau' must be a finite number"),
+    ],
+)
+def test_bad_loss_configuration_is_a_clear_error(name, params, message):
+    with pytest.raises(ValueError) as error:
+        build_loss(name, 5, **params)
+    assert message in str(error.value)
+
+
+def test_aggregate_rejects_mismatched_shapes_and_bad_tau():
+    with pytest.raises(ValueError, match="must share B, h and w"):
+        aggregate_predictions(torch.randn(2, 8, 4, 4), torch.rand(2, 3, 4, 5), 0.1)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        aggregate_predictions(torch.randn(2, 8, 4, 4), torch.rand(2, 3, 4, 4), 0.0)
