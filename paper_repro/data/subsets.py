@@ -8,6 +8,9 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 
 def subset_size(fraction: float, total: int) -> int:
     """``fraction * total`` rounded half up, at least 1."""
@@ -53,3 +56,24 @@ def read_manifest(path: str | Path) -> list[str]:
     if not ids:
         raise ValueError(f"subset manifest {path} lists no ids")
     return ids
+
+
+def class_pixel_counts(dataset, num_classes: int) -> np.ndarray:
+    """``[len(dataset), num_classes]`` labelled-pixel counts per image (255 excluded)."""
+    counts = np.zeros((len(dataset), num_classes), dtype=np.int64)
+    for index in range(len(dataset)):
+        labels = dataset.load_label(index)
+        counts[index] = np.bincount(labels[labels != 255].ravel(), minlength=num_classes)[:num_classes]
+    return counts
+
+
+def subset_coverage(ids: Sequence[str], counts: np.ndarray, subsets: dict[int, list[str]], class_names: Sequence[str], seed: int) -> pd.DataFrame:
+    """Per subset and class: images, labelled pixels and the class's share of the subset's pixels."""
+    row_of = {sample_id: row for row, sample_id in enumerate(ids)}
+    records = []
+    for percent, subset in subsets.items():
+        pixels = counts[[row_of[i] for i in subset]].sum(0)
+        for name, count in zip(class_names, pixels):
+            records.append({"seed": seed, "percent": percent, "images": len(subset), "class": name,
+                            "pixels": int(count), "share": round(float(count / max(pixels.sum(), 1)), 6)})
+    return pd.DataFrame.from_records(records)

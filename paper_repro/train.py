@@ -1,0 +1,265 @@
+"""Training loop: one (dataset, method, label fraction, seed) run, resumable, single- or multi-process.
+
+Read top to bottom: data (the subset manifest, seeded batches), model and loss, SGD with
+momentum and poly learning-rate decay per iteration, then the loop, which checkpoints every
+``train.checkpoint_every`` iterations. Every fraction of a dataset trains for the same
+``train.iterations`` (smaller subsets are repeated more often).
+
+Determinism: batch ``k`` holds the samples at positions ``k*B .. k*B+B-1`` of a stream of
+per-epoch permutations seeded by ``(seed, epoch)``, and each sample's augmentation is seeded
+by ``(seed, position)``. The data a run sees is therefore a function of the seed and the
+iteration alone (not of worker count or restarts), so a run killed and resumed from its last
+checkpoint ends, on the CPU, with exactly the weights of an uninterrupted run.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the run uses DistributedDataParallel (NCCL on CUDA,
+gloo on the CPU) with SyncBatchNorm; each rank takes its own ``B`` samples of every global
+batch of ``B * world_size``. On CUDA, ``train.amp`` selects bf16 or fp16 autocast.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .config import dataset_params, method_params
+from .data import open_dataset
+from .data.subsets import read_manifest
+from .data.transforms import train_transforms
+from .losses import build_loss
+from .models import build_model
+
+log = logging.getLogger(__name__)
+LOG_FIELDS = ("iteration", "loss", "lr", "data_seconds", "step_seconds")
+
+
+def manifest_path(subsets_dir: str | Path, dataset: str, seed: int, percent: int) -> Path:
+    """Where the ``subsets`` stage writes the ids of one label fraction."""
+    return Path(subsets_dir) / dataset / f"seed{seed}" / f"{percent}.txt"
+
+
+def derived_seed(seed: int, purpose: int, counter: int) -> int:
+    """An independent 32-bit seed for ``(run seed, purpose, counter)``: 0 = sample augmentation, 1 = epoch order."""
+    return int(np.random.SeedSequence([seed, purpose, counter]).generate_state(1)[0])
+
+
+class SeededBatches:
+    """Batches of ``(index, augmentation seed)`` for iterations ``start .. total - 1`` of one rank."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, start: int, total: int, rank: int = 0, world: int = 1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.start, self.total, self.rank, self.world = start, total, rank, world
+        self._permutations: dict[int, list[int]] = {}
+
+    def _item(self, position: int) -> tuple[int, int]:
+        epoch, offset = divmod(position, self.size)
+        if epoch not in self._permutations:
+            self._permutations = {epoch: torch.randperm(self.size, generator=torch.Generator().manual_seed(derived_seed(self.seed, 1, epoch))).tolist()}
+        return self._permutations[epoch][offset], derived_seed(self.seed, 0, position)
+
+    def __iter__(self):
+        for iteration in range(self.start, self.total):
+            first = (iteration * self.world + self.rank) * self.batch_size
+            yield [self._item(first + j) for j in range(self.batch_size)]
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+
+class SeededSamples(Dataset):
+    """Loads ``dataset[index]`` with the random transforms seeded by the given seed."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)``; initialises the process group under ``torchrun``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return rank, world, torch.device("cuda", local_rank)
+    return rank, world, torch.device("cpu")
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_atomically(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a kill never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def write_log(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def files_fingerprint(files) -> str:
+    """SHA-256 over the path, size and modification time of every (image, label) file."""
+    digest = hashlib.sha256()
+    for pair in files:
+        for path in pair:
+            status = os.stat(path)
+            digest.update(f"{path}\t{status.st_size}\t{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def run_config(params: dict, dataset: str, method: str, percent: int, seed: int, data) -> dict:
+    """Everything that defines a run; a checkpoint is resumed only if this matches exactly.
+
+    It includes a fingerprint of the training files, so regenerated or replaced data starts
+    a fresh run instead of resuming weights trained on the old files.
+    """
+    return {
+        "dataset": dataset, "method": method, "percent": percent, "seed": seed, "files": files_fingerprint(data.files),
+        "data": dataset_params(params, dataset), "loss": method_params(params, method),
+        "model": params["model"], "train": params["train"],
+    }
+
+
+def train(params: dict, dataset: str, method: str, percent: int, seed: int, run_dir: Path, log_path: Path, subsets_dir: Path) -> Path:
+    """Train one run into ``run_dir`` (``checkpoint.pt``, ``model.pt``) and write its CSV log; returns ``model.pt``."""
+    run_dir, log_path = Path(run_dir), Path(log_path)
+    rank, world, device = setup_distributed()
+    spec = dataset_params(params, dataset)
+    loss_name, loss_params = method_params(params, method)
+    settings = params["train"]
+
+    ids = read_manifest(manifest_path(subsets_dir, dataset, seed, percent))
+    transforms = train_transforms(spec["crop"], spec["base_size"], spec.get("scale_range", (0.5, 2.0)))
+    data = open_dataset(spec, spec.get("train_split", "train"), ids, transforms)
+    config = run_config(params, dataset, method, percent, seed, data)
+
+    torch.manual_seed(seed)
+    model = build_model(params["model"]["name"], spec["num_classes"], params["model"].get("pretrained_backbone", False))
+    model = model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU alike
+    if world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    criterion = build_loss(loss_name, spec["num_classes"], **loss_params)
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=settings["iterations"], power=settings["poly_power"])
+    dtype = autocast_dtype(settings["amp"], device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    checkpoint_path = run_dir / "checkpoint.pt"
+    start, rows = 0, []
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if state["config"] == config:
+            (model.module if world > 1 else model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            restore_rng_states(state["rng"])
+            start, rows = state["iteration"], state["log"]
+            log.info("resuming %s from iteration %d", run_dir, start)
+        else:
+            log.info("ignoring %s: it was written with other parameters", checkpoint_path)
+    total = settings["iterations"]
+    log.info("training %s %s %d%% seed %d: %d images, %d iterations of batch %d x %d process(es) on %s",
+             dataset, method, percent, seed, len(data), total, settings["batch_size"], world, device)
+
+    loader = DataLoader(
+        SeededSamples(data),
+        batch_sampler=SeededBatches(len(data), settings["batch_size"], seed, start, total, rank, world),
+        num_workers=settings["workers"],
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    model.train()
+    quiet = {} if rank == 0 else {"disable": True}  # rank 0 alone shows progress (TQDM_DISABLE=1 silences it)
+    progress = tqdm(total=total, initial=start, desc=f"train {dataset} {method} {percent}% seed {seed}", **quiet)
+    waited = time.perf_counter()
+    for iteration, (images, masks) in enumerate(loader, start=start):
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        masks = masks.to(device, non_blocking=True)
+        began = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            output = model(images)
+            loss = criterion(output["out"], masks, output["feat"])
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        loss_value = loss.item()
+        finished = time.perf_counter()
+        rows.append({"iteration": iteration + 1, "loss": round(loss_value, 6), "lr": lr,
+                     "data_seconds": round(began - waited, 6), "step_seconds": round(finished - began, 6)})
+        progress.update()
+        progress.set_postfix(loss=f"{loss_value:.3f}")
+        if not np.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at iteration {iteration + 1}; lower train.lr")
+        done = iteration + 1
+        if rank == 0 and (done % settings["checkpoint_every"] == 0 or done == total):
+            save_atomically({
+                "config": config, "iteration": done, "log": rows,
+                "model": (model.module if world > 1 else model).state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng_states(),
+            }, checkpoint_path)
+            write_log(rows, log_path)
+        waited = time.perf_counter()
+    progress.close()
+
+    final_path = run_dir / "model.pt"
+    if rank == 0:
+        save_atomically({"config": config, "model": (model.module if world > 1 else model).state_dict()}, final_path)
+        write_log(rows, log_path)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final_path
