@@ -11,9 +11,10 @@ by ``(seed, position)``. The data a run sees is therefore a function of the seed
 iteration alone (not of worker count or restarts), so a run killed and resumed from its last
 checkpoint ends, on the CPU, with exactly the weights of an uninterrupted run.
 
-Under ``torchrun`` (``WORLD_SIZE > 1``) the run uses DistributedDataParallel (NCCL on CUDA,
-gloo on the CPU) with SyncBatchNorm; each rank takes its own ``B`` samples of every global
-batch of ``B * world_size``. On CUDA, ``train.amp`` selects bf16 or fp16 autocast.
+Under ``torchrun`` (``WORLD_SIZE > 1``) the run uses DistributedDataParallel (NCCL with
+SyncBatchNorm on CUDA; gloo on the CPU, where PyTorch has no SyncBatchNorm and each rank
+normalises with its own batch); each rank takes its own ``B`` samples of every global batch
+of ``B * world_size``. On CUDA, ``train.amp`` selects bf16 or fp16 autocast.
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ def train(params: dict, dataset: str, method: str, percent: int, seed: int, run_
     model = build_model(params["model"]["name"], spec["num_classes"], params["model"].get("pretrained_backbone", False))
     model = model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU alike
     if world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":  # PyTorch's SyncBatchNorm is GPU-only; on gloo each rank keeps its own statistics
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     criterion = build_loss(loss_name, spec["num_classes"], **loss_params)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"])
@@ -216,7 +218,7 @@ def train(params: dict, dataset: str, method: str, percent: int, seed: int, run_
         batch_sampler=SeededBatches(len(data), settings["batch_size"], seed, start, total, rank, world),
         num_workers=settings["workers"],
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        generator=torch.Generator(),  # its own seed draw must not advance the global RNG that dropout uses
     )
     model.train()
     quiet = {} if rank == 0 else {"disable": True}  # rank 0 alone shows progress (TQDM_DISABLE=1 silences it)

@@ -1,0 +1,112 @@
+"""Parameters, presets and the command line: validation and one-line errors for user mistakes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY_PARAMS, run_cli
+from paper_repro.cli import STAGES, main
+from paper_repro.config import ParamsError, apply_override, load_params
+
+PARAMETER_FILES = [ROOT / "params.yaml", *sorted((ROOT / "presets").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", PARAMETER_FILES, ids=lambda p: p.name)
+def test_params_and_presets_resolve_and_validate(path):
+    params = load_params(path)
+    for dataset in params["study"]["datasets"]:
+        assert dataset in params["datasets"]
+    assert {"ce", "ls", "pals"} <= set(params["study"]["methods"])
+    assert params["study"]["fractions"] == [10, 30, 50, 100]
+
+
+def test_real_presets_use_the_paper_scale_model_and_real_data():
+    for name, kind in (("cityscapes", "cityscapes"), ("voc", "voc")):
+        params = load_params(ROOT / "presets" / f"{name}.yaml")
+        assert params["model"] == {"name": "deeplabv3plus_resnet101", "pretrained_backbone": True}
+        [dataset] = params["study"]["datasets"]
+        assert params["datasets"][dataset]["kind"] == kind and not params["datasets"][dataset].get("generate")
+
+
+def test_overrides_are_parsed_as_yaml_and_must_name_known_keys():
+    params = yaml.safe_load(yaml.safe_dump(TINY_PARAMS))
+    apply_override(params, "train.lr=0.5")
+    apply_override(params, "study.seeds=[3, 4]")
+    assert params["train"]["lr"] == 0.5 and params["study"]["seeds"] == [3, 4]
+    with pytest.raises(ParamsError, match="train.learning_rate: unknown parameter"):
+        apply_override(params, "train.learning_rate=0.1")
+    with pytest.raises(ParamsError, match="expects dotted.key=value"):
+        apply_override(params, "train.lr")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.iterations=0", "train.iterations must be a positive integer, got 0"),
+        ("train.lr=-1", "train.lr must be a positive number"),
+        ("train.amp=fp8", "train.amp must be one of off, bf16, fp16"),
+        ("study.fractions=[10, 0.5]", "study.fractions must hold integer percents in (0, 100]"),
+        ("study.methods=[ce, focal]", "study.methods names 'focal'"),
+        ("study.datasets=[kitti]", "study.datasets names 'kitti'"),
+    ],
+)
+def test_invalid_parameters_name_the_key(tmp_path, override, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(TINY_PARAMS))
+    with pytest.raises(ParamsError) as error:
+        load_params(path, [override])
+    assert message in str(error.value) and str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_stage_explains_itself(stage, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([stage, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "--params" in text and "--set" in text and STAGES[stage][1].split()[0] in text
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--dataset", "kitti", "--method", "ce", "--fraction", "10", "--seed", "0"], "unknown dataset 'kitti'"),
+        (["train", "--dataset", "tiny-streets", "--method", "focal", "--fraction", "10", "--seed", "0"], "unknown method 'focal'"),
+        (["train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "10", "--seed", "0"], "missing subset manifest subsets/tiny-streets/seed0/10.txt"),
+        (["evaluate", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "7"], "missing trained model runs/tiny-streets/ce-50-7/model.pt"),
+        (["report", "--set", "train.nonsense=1"], "train.nonsense: unknown parameter"),
+        (["report", "--params", "missing.yaml"], "parameter file missing.yaml does not exist"),
+        (["subsets", "--dataset", "tiny-streets", "--set", "study.fractions=[0]"], "study.fractions must hold integer percents"),
+    ],
+)
+def test_user_mistakes_end_in_one_line_errors(tiny_workspace, args, message):
+    result = run_cli(tiny_workspace, *args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+
+
+def test_bad_fraction_on_the_command_line_is_rejected(tiny_workspace):
+    result = run_cli(tiny_workspace, "train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "0", "--seed", "0")
+    assert result.returncode == 2 and "must be an integer percent in (0, 100]" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generated_dataset_must_live_in_its_stage_folder(tiny_workspace):
+    result = run_cli(tiny_workspace, "generate", "--dataset", "tiny-streets", "--set", "datasets.tiny-streets.root=elsewhere")
+    assert result.returncode == 2 and "root must be data/tiny-streets" in result.stderr
+
+
+def test_dvc_pipeline_expands_to_the_full_study():
+    result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    params = load_params(ROOT / "params.yaml")
+    study = params["study"]
+    runs = len(study["datasets"]) * len(study["methods"]) * len(study["fractions"]) * len(study["seeds"])
+    assert sum(name.startswith("train@") for name in names) == runs
+    assert sum(name.startswith("evaluate@") for name in names) == runs
+    assert "train@synthetic-cityscapes-pals-10-0" in names and "report" in names

@@ -1,0 +1,65 @@
+"""Evaluation against an independent recomputation, and the report's statistics by hand."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli
+from paper_repro.data import open_dataset
+from paper_repro.data.transforms import eval_transforms
+from paper_repro.models import build_model
+from paper_repro.report import summarise
+
+
+def test_evaluation_matches_an_independent_recomputation(tiny_workspace):
+    args = ["--dataset", "tiny-streets", "--method", "ce", "--fraction", "100", "--seed", "0"]
+    assert run_cli(tiny_workspace, "train", *args).returncode == 0
+    result = run_cli(tiny_workspace, "evaluate", *args)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tiny_workspace / "results" / "metrics" / "tiny-streets" / "ce-100-0.json").read_text())
+
+    # recompute with numpy: predict every validation image at full resolution, one confusion matrix
+    state = torch.load(tiny_workspace / "runs" / "tiny-streets" / "ce-100-0" / "model.pt", weights_only=False)
+    model = build_model("deeplabv3plus_small", 19)
+    model.load_state_dict(state["model"])
+    model.eval()
+    spec = {"kind": "cityscapes", "root": str(tiny_workspace / "data" / "tiny-streets")}
+    data = open_dataset(spec, "val", transforms=eval_transforms())
+    cm = np.zeros((19, 19), dtype=np.int64)
+    predictions = {}
+    with torch.no_grad():
+        for index in range(len(data)):
+            image, mask = data[index]
+            prediction = model(image[None])["out"].argmax(1)[0].numpy()
+            predictions[data.ids[index]] = prediction
+            valid = mask.numpy() != 255
+            np.add.at(cm, (mask.numpy()[valid], prediction[valid]), 1)
+    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
+    iou = np.diag(cm)[union > 0] / union[union > 0]
+    assert metrics["miou"] == pytest.approx(100 * iou.mean(), abs=1e-3)
+    assert metrics["pixel_accuracy"] == pytest.approx(100 * np.diag(cm).sum() / cm.sum(), abs=1e-3)
+    assert metrics["images"] == 3 and metrics["split"] == "val"
+    assert sum(metrics["reliability"]["count"]) == cm.sum()
+
+    saved = sorted((tiny_workspace / "results" / "predictions" / "tiny-streets" / "ce-100-0").glob("*.png"))
+    assert [p.stem for p in saved] == data.ids[:2]  # the first figure_images ids
+    for path in saved:
+        assert np.array_equal(np.asarray(Image.open(path)), predictions[path.stem])
+
+
+def test_summary_statistics_by_hand():
+    runs = pd.DataFrame({
+        "dataset": ["d"] * 6, "method": ["ce", "ce", "pals", "pals", "ce", "pals"],
+        "percent": [10, 10, 10, 10, 100, 100], "seed": [0, 1, 0, 1, 0, 0],
+        "miou": [40.0, 44.0, 43.0, 47.0, 60.0, 59.0],
+    })
+    table = summarise(runs, "miou").set_index(["method", "percent"])
+    assert table.loc[("ce", 10), "miou_mean"] == 42.0
+    assert table.loc[("ce", 10), "miou_std"] == pytest.approx(np.sqrt(8.0))  # sample std of 40, 44
+    assert table.loc[("pals", 10), "miou_delta_vs_ce"] == 3.0
+    assert table.loc[("pals", 100), "miou_delta_vs_ce"] == -1.0
+    assert table.loc[("pals", 100), "n"] == 1 and np.isnan(table.loc[("pals", 100), "miou_std"])

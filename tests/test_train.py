@@ -1,0 +1,97 @@
+"""Training: seeded batches, kill-and-resume to identical weights, DDP on gloo with 2 processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from paper_repro.train import SeededBatches
+
+
+def test_seeded_batches_visit_every_sample_once_per_epoch():
+    batches = list(SeededBatches(size=10, batch_size=5, seed=3, start=0, total=4))
+    indices = [index for batch in batches for index, _ in batch]
+    assert sorted(indices[:10]) == list(range(10)) and sorted(indices[10:]) == list(range(10))
+    assert indices[:10] != indices[10:]  # a new order each epoch
+    seeds = [seed for batch in batches for _, seed in batch]
+    assert len(set(seeds)) == len(seeds)  # every sample draw has its own augmentation seed
+
+
+def test_seeded_batches_resume_mid_stream_and_split_across_ranks():
+    full = list(SeededBatches(size=7, batch_size=2, seed=0, start=0, total=9))
+    assert list(SeededBatches(size=7, batch_size=2, seed=0, start=4, total=9)) == full[4:]
+    single = list(SeededBatches(size=7, batch_size=4, seed=0, start=0, total=5))
+    ranks = [list(SeededBatches(size=7, batch_size=2, seed=0, start=0, total=5, rank=r, world=2)) for r in (0, 1)]
+    for step in range(5):  # the two ranks together take exactly the single process's global batch
+        assert ranks[0][step] + ranks[1][step] == single[step]
+    assert list(SeededBatches(size=7, batch_size=2, seed=1, start=0, total=9)) != full
+
+
+def train_args(run_seed=0):
+    return ["train", "--dataset", "tiny-streets", "--method", "pals", "--fraction", "100", "--seed", str(run_seed)]
+
+
+def weights(workspace, run):
+    return torch.load(workspace / "runs" / "tiny-streets" / run / "model.pt", weights_only=False)["model"]
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_weights(tiny_workspace):
+    iterations = ["--set", "train.iterations=60", "--set", "train.checkpoint_every=5"]
+    reference = run_cli(tiny_workspace, *train_args(), *iterations)
+    assert reference.returncode == 0, reference.stderr
+    expected = weights(tiny_workspace, "pals-100-0")
+    expected_log = (tiny_workspace / "results" / "logs" / "tiny-streets" / "pals-100-0.csv").read_text()
+
+    # the same run again from scratch, killed (SIGKILL) once it has written a checkpoint
+    run_dir = tiny_workspace / "runs" / "tiny-streets" / "pals-100-0"
+    for path in run_dir.iterdir():
+        path.unlink()
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "paper_repro", *train_args(), *iterations], cwd=tiny_workspace, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run_dir / "model.pt").exists()
+    stopped_at = torch.load(run_dir / "checkpoint.pt", weights_only=False)["iteration"]
+    assert 5 <= stopped_at < 60
+
+    resumed = run_cli(tiny_workspace, *train_args(), *iterations)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming runs/tiny-streets/pals-100-0 from iteration {stopped_at}" in resumed.stderr
+    actual = weights(tiny_workspace, "pals-100-0")
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(actual[name], expected[name]), name
+    resumed_log = (tiny_workspace / "results" / "logs" / "tiny-streets" / "pals-100-0.csv").read_text()
+    losses = lambda text: [line.split(",")[:3] for line in text.splitlines()]  # noqa: E731  (not timings)
+    assert losses(resumed_log) == losses(expected_log)
+
+
+def test_checkpoint_of_other_parameters_is_not_resumed(tiny_workspace):
+    first = run_cli(tiny_workspace, "train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "0")
+    assert first.returncode == 0, first.stderr
+    changed = run_cli(tiny_workspace, "train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "0",
+                      "--set", "train.lr=0.02")
+    assert changed.returncode == 0, changed.stderr
+    assert "written with other parameters" in changed.stderr and "resuming" not in changed.stderr
+
+
+def test_distributed_data_parallel_on_gloo_with_two_processes(tiny_workspace):
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "-m", "paper_repro", "train", "--dataset", "tiny-streets", "--method", "pals", "--fraction", "50", "--seed", "0"]
+    result = subprocess.run(command, cwd=tiny_workspace, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 process(es)" in result.stderr
+    state = torch.load(tiny_workspace / "runs" / "tiny-streets" / "pals-50-0" / "model.pt", weights_only=False)
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    rows = (tiny_workspace / "results" / "logs" / "tiny-streets" / "pals-50-0.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6  # header + one row per iteration, written by rank 0 only
