@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import dataset_params
-from .data import open_dataset
+from .data import cityscapes, open_dataset, voc
 from .data.transforms import eval_transforms
 from .metrics import calibration_bins, confusion_matrix, ece_from_bins, iou_per_class, mean_iou, pixel_accuracy
 from .models import build_model
@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def class_names(spec: dict) -> list[str]:
-    from .data import cityscapes, voc
-
+    """The dataset's class names in train-id order (numbers if ``num_classes`` differs)."""
     names = {"cityscapes": cityscapes.CLASSES, "voc": voc.CLASSES}[spec["kind"]]
     return names if len(names) == spec["num_classes"] else [str(i) for i in range(spec["num_classes"])]
 

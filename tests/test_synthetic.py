@@ -45,8 +45,9 @@ def test_street_scenes_load_and_cover_many_classes(street_tree):
         assert image.shape == (3, 64, 128)
         classes |= set(mask.unique().tolist())
     assert len(classes - {255}) >= 12  # most of the 19 classes appear in a handful of scenes
-    for always in (0, 1, 10):  # road, sidewalk and sky are in every street
+    for always in (0, 1):  # road and sidewalk are in every street
         assert all((train[i][1] == always).any() for i in range(len(train)))
+    assert sum((train[i][1] == 10).any() for i in range(len(train))) >= 6  # tall facades may hide the sky
 
 
 def test_object_tree_has_the_voc_layout(object_tree):

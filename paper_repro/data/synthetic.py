@@ -35,7 +35,11 @@ from .voc import save_palette_png, voc_root
 
 CITYSCAPES_TRAIN_CITIES = ("synthnorth", "syntheast", "synthwest")
 CITYSCAPES_VAL_CITIES = ("synthsouth",)
-TYPICAL_LOOK_PROBABILITY = 0.5  # otherwise an instance's colour and texture come from the shared distribution
+# How often an instance has its class's typical look; otherwise its colour and texture come from
+# distributions shared by all classes. Objects need a stronger cue than street regions, which
+# their position in the scene already tells apart.
+STREET_TYPICAL_LOOK = 0.5
+OBJECT_TYPICAL_LOOK = 0.8
 TEXTURE_KINDS = ("smooth", "stripes", "blocks", "speckle")
 
 # Cityscapes label ids used by the street generator (DESIGN.md section 3).
@@ -44,7 +48,7 @@ ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = 7, 8, 11, 12, 13, 17
 TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY = 20, 21, 22, 23
 PERSON, CAR, TRUCK, BUS = 24, 26, 27, 28
 
-STREET_LOOKS = {  # typical (RGB in [0, 1], texture kind), used with probability TYPICAL_LOOK_PROBABILITY
+STREET_LOOKS = {  # typical (RGB in [0, 1], texture kind), used with probability STREET_TYPICAL_LOOK
     ROAD: ((0.35, 0.35, 0.37), "smooth"), SIDEWALK: ((0.6, 0.55, 0.55), "blocks"), BUILDING: ((0.5, 0.45, 0.4), "blocks"),
     WALL: ((0.55, 0.5, 0.45), "blocks"), FENCE: ((0.45, 0.4, 0.35), "stripes"), POLE: ((0.4, 0.4, 0.4), "smooth"),
     TRAFFIC_SIGN: ((0.8, 0.75, 0.1), "smooth"),
@@ -59,8 +63,8 @@ STREET_LOOKS = {  # typical (RGB in [0, 1], texture kind), used with probability
 class Canvas:
     """An RGB image and its label map, painted back to front with textured shapes."""
 
-    def __init__(self, rng: np.random.Generator, height: int, width: int, fill_label: int) -> None:
-        self.rng, self.height, self.width = rng, height, width
+    def __init__(self, rng: np.random.Generator, height: int, width: int, fill_label: int, typical_look: float) -> None:
+        self.rng, self.height, self.width, self.typical_look = rng, height, width, typical_look
         self.image = np.zeros((height, width, 3), dtype=np.float32)
         self.labels = np.full((height, width), fill_label, dtype=np.uint8)
         self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -68,12 +72,12 @@ class Canvas:
     def texture(self, typical_colour: tuple[float, float, float], typical_kind: str | None = None) -> np.ndarray:
         """A full-frame ``[H, W, 3]`` two-colour texture.
 
-        With probability ``TYPICAL_LOOK_PROBABILITY`` it has the class's typical colour (jittered)
+        With probability ``self.typical_look`` it has the class's typical colour (jittered)
         and texture kind; otherwise its colour and kind come from distributions shared by all
         classes, so neither identifies a class on its own.
         """
         rng = self.rng
-        if rng.random() < TYPICAL_LOOK_PROBABILITY:
+        if rng.random() < self.typical_look:
             first = np.clip(np.asarray(typical_colour) + rng.normal(0, 0.08, 3), 0, 1)
             kind = typical_kind or TEXTURE_KINDS[rng.integers(len(TEXTURE_KINDS))]
         else:
@@ -130,7 +134,7 @@ class Canvas:
 # ----------------------------------------------------------------------------------- streets
 def draw_street_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """One perspective street scene: ``(image uint8 [H, W, 3], Cityscapes label ids uint8 [H, W])``."""
-    canvas = Canvas(rng, height, width, SKY)
+    canvas = Canvas(rng, height, width, SKY, STREET_TYPICAL_LOOK)
     colours = STREET_LOOKS
     canvas.paint(np.ones((height, width), bool), SKY, colours[SKY])
     horizon = height * rng.uniform(0.25, 0.55)
@@ -350,6 +354,7 @@ VOC_SILHOUETTES = {  # class index: (aspect w/h, typical colour, parts)
 # Eight classes with distinct silhouettes: enough to need shape and context, few enough that a
 # CPU-scale network sees each class often in a few minutes of training.
 DEFAULT_VOC_CLASSES = (1, 3, 4, 5, 7, 8, 15, 20)  # aeroplane bird boat bottle car cat person tvmonitor
+OBJECT_TEXTURES = TEXTURE_KINDS  # a class's typical texture kind: TEXTURE_KINDS[index % 4]
 
 
 def _draw_part(draw: ImageDraw.ImageDraw, part, to_pixels, scale: float) -> None:
@@ -372,20 +377,20 @@ def _draw_part(draw: ImageDraw.ImageDraw, part, to_pixels, scale: float) -> None
 
 def draw_object_scene(rng: np.random.Generator, height: int, width: int, classes=DEFAULT_VOC_CLASSES) -> tuple[np.ndarray, np.ndarray]:
     """1-3 objects of ``classes``: ``(image uint8 [H, W, 3], VOC class indices uint8 [H, W] with 255 bands)``."""
-    canvas = Canvas(rng, height, width, 0)
+    canvas = Canvas(rng, height, width, 0, OBJECT_TYPICAL_LOOK)
     background = (0.5, 0.5, 0.5)
     canvas.paint(np.ones((height, width), bool), 0, background)
     if rng.random() < 0.6:  # a floor or table surface under a wall
         floor = height * rng.uniform(0.4, 0.8)
         canvas.paint(canvas.yy > floor + (canvas.xx - width / 2) * rng.uniform(-0.2, 0.2), 0, background)
-    for _ in range(rng.integers(2, 8)):  # background clutter: random shapes, still background
+    for _ in range(rng.integers(0, 4)):  # background clutter: random shapes, still background
         centre = rng.uniform(0, 1, 2) * (width, height)
         radius = rng.uniform(0.05, 0.3) * min(height, width)
         corners = [tuple(centre + radius * np.array([np.cos(a), np.sin(a)])) for a in np.sort(rng.uniform(0, 2 * np.pi, rng.integers(3, 7)))]
         canvas.polygon(corners, 0, background)
 
     objects = rng.choice(classes, size=rng.integers(1, 4))
-    sizes = rng.uniform(0.4, 0.9, len(objects)) * min(height, width)
+    sizes = rng.uniform(0.5, 0.95, len(objects)) * min(height, width)
     for class_index, size in sorted(zip(objects, sizes), key=lambda item: -item[1]):  # large (far) first
         aspect, typical, parts = VOC_SILHOUETTES[int(class_index)]
         aspect *= rng.uniform(0.8, 1.25)
@@ -399,7 +404,7 @@ def draw_object_scene(rng: np.random.Generator, height: int, width: int, classes
 
         scale = min(box_w, box_h)
         body = canvas.shape_mask(lambda d: [_draw_part(d, p, to_pixels, scale) for p in parts])
-        canvas.paint(body, int(class_index), typical)
+        canvas.paint(body, int(class_index), (typical, OBJECT_TEXTURES[int(class_index) % len(OBJECT_TEXTURES)]))
         details = [p for p in parts if p[2]]
         if details:
             detail = canvas.shape_mask(lambda d: [_draw_part(d, p, to_pixels, scale) for p in details])
