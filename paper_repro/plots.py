@@ -1,0 +1,71 @@
+"""Figures and display tables the notebooks share; every one reads only what the pipeline wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+# The only figures the paper's abstract gives: PALS minus cross-entropy mIoU (points) on the
+# Cityscapes *test* set at 10/30/50/100% of the training labels.
+PAPER_CITYSCAPES_TEST_DELTAS = {10: 0.076, 30: 1.848, 50: 1.137, 100: 1.063}
+METHOD_ORDER = ["ce", "ls", "pals"]
+
+
+def save_figure(figure: plt.Figure, path: str | Path) -> None:
+    """Write a PNG atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.stem + ".tmp.png")
+    figure.savefig(temporary, dpi=120, bbox_inches="tight")
+    os.replace(temporary, path)
+
+
+def mean_std_table(table: pd.DataFrame, column: str, index: str = "method", columns: str = "percent") -> pd.DataFrame:
+    """A pivot of ``"mean ± std"`` strings (2 decimals) from a report table with ``<column>_mean`` / ``_std``."""
+    cells = table.assign(cell=table[f"{column}_mean"].map("{:.2f}".format) + " ± " + table[f"{column}_std"].map("{:.2f}".format))
+    pivot = cells.pivot(index=index, columns=columns, values="cell")
+    return pivot.reindex([m for m in METHOD_ORDER if m in pivot.index] + [m for m in pivot.index if m not in METHOD_ORDER])
+
+
+def miou_vs_fraction(runs: pd.DataFrame, dataset: str, ax: plt.Axes) -> None:
+    """mIoU against the labelled fraction per method: mean over seeds with a +-1 std band and the seeds as dots."""
+    data = runs[runs["dataset"] == dataset]
+    sns.lineplot(data=data, x="percent", y="miou", hue="method", hue_order=METHOD_ORDER, errorbar="sd", marker="o", ax=ax)
+    sns.stripplot(data=data, x="percent", y="miou", hue="method", hue_order=METHOD_ORDER, native_scale=True,
+                  dodge=False, jitter=False, alpha=0.4, size=3, legend=False, ax=ax)
+    ax.set(title=dataset, xlabel="labelled training images (%)", ylabel="mIoU (%)", xticks=sorted(data["percent"].unique()))
+
+
+def per_class_heatmap(per_class: pd.DataFrame, dataset: str, ax: plt.Axes) -> None:
+    """Per-class IoU (mean over seeds) with methods x fractions as rows and classes as columns."""
+    data = per_class[(per_class["dataset"] == dataset) & per_class["iou_mean"].notna()]
+    grid = data.pivot_table(index=["percent", "method"], columns="class", values="iou_mean", sort=False)
+    sns.heatmap(grid, annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=100, cbar_kws={"label": "IoU (%)"}, ax=ax)
+    ax.set(title=dataset, xlabel="", ylabel="fraction (%), method")
+
+
+def reliability(metrics_files: list[Path]) -> pd.DataFrame:
+    """Accuracy and mean confidence per confidence bin, summed over the given runs' ``metrics.json``."""
+    counts = confidence = correct = 0
+    for path in metrics_files:
+        bins = json.loads(Path(path).read_text())["reliability"]
+        counts = counts + np.asarray(bins["count"])
+        confidence = confidence + np.asarray(bins["confidence_sum"])
+        correct = correct + np.asarray(bins["correct"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pd.DataFrame({"bin_upper": np.arange(1, len(counts) + 1) / len(counts), "pixels": counts,
+                             "confidence": confidence / counts, "accuracy": correct / counts})
+
+
+def reliability_diagram(bins: pd.DataFrame, ax: plt.Axes, label: str) -> None:
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    shown = bins[bins["pixels"] > 0]
+    ax.plot(shown["confidence"], shown["accuracy"], marker="o", label=label)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
