@@ -2,7 +2,8 @@
 
 Stages, in data-flow order: ``generate`` (write the synthetic tree, or check a real one),
 ``subsets`` (nested label-fraction manifests and their class coverage), ``train`` (one run),
-``evaluate`` (one run's metrics) and ``report`` (tables over all runs). Each reads
+``evaluate`` (one run's metrics), ``report`` (tables over all runs) and ``explain`` (PALS at a
+few pixels, for the explanation figure). Each reads
 ``--params`` (default ``params.yaml``) with ``--set dotted.key=value`` overrides, spelled as
 ``dvc exp run -S``. A user mistake ends with a one-line error and exit status 2.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,7 +42,24 @@ def stage_generate(params: dict, args: argparse.Namespace) -> None:
     if not spec.get("generate"):  # a real dataset stays where it is; the stage records where and what
         write_json(summary, stage_dir / "source.json")
     write_json(summary, config.RESULTS_DIR / "data" / f"{args.dataset}.json")
+    export_samples(open_dataset(spec, spec.get("eval_split", "val")), params["evaluate"]["figure_images"],
+                   config.RESULTS_DIR / "samples" / args.dataset)
     log.info("%s: %s", args.dataset, json.dumps(splits))
+
+
+def export_samples(data, count: int, folder: Path) -> None:
+    """Copy the first ``count`` images (RGB PNG) and train-id labels of ``data`` for the figures."""
+    from PIL import Image
+
+    staging = folder.with_name(folder.name + ".tmp")
+    staging.mkdir(parents=True, exist_ok=True)
+    for index in range(min(count, len(data))):
+        with Image.open(data.files[index][0]) as image:
+            image.convert("RGB").save(staging / f"{data.ids[index]}_image.png")
+        Image.fromarray(data.load_label(index)).save(staging / f"{data.ids[index]}_label.png")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(staging, folder)
 
 
 def stage_subsets(params: dict, args: argparse.Namespace) -> None:
@@ -82,6 +102,15 @@ def stage_evaluate(params: dict, args: argparse.Namespace) -> None:
              config.metrics_path(args.dataset, name), config.predictions_dir(args.dataset, name))
 
 
+def stage_explain(params: dict, args: argparse.Namespace) -> None:
+    from .explain import explain
+
+    name = run_name(args.method, args.fraction, args.seed)
+    path = explain(params, args.dataset, args.method, config.run_dir(args.dataset, name) / "model.pt",
+                   config.RESULTS_DIR / "explain" / f"{args.dataset}.npz")
+    log.info("wrote %s", path)
+
+
 def stage_report(params: dict, args: argparse.Namespace) -> None:
     from .report import report
 
@@ -95,6 +124,7 @@ STAGES = {
     "train": (stage_train, "train one run (dataset, method, fraction, seed), resuming from its last checkpoint"),
     "evaluate": (stage_evaluate, "evaluate one trained run on the full-resolution evaluation split"),
     "report": (stage_report, "summarise all runs into tables (mean, std, n, delta vs ce)"),
+    "explain": (stage_explain, "save a trained PALS run's affinity maps and targets at a few pixels of one image"),
 }
 
 
@@ -113,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a parameter, e.g. --set train.iterations=50 (repeatable)")
-        if stage in ("generate", "subsets", "train", "evaluate"):
+        if stage in ("generate", "subsets", "train", "evaluate", "explain"):
             sub.add_argument("--dataset", required=True, help="a dataset name under `datasets:` in the parameters")
-        if stage in ("train", "evaluate"):
+        if stage in ("train", "evaluate", "explain"):
             sub.add_argument("--method", required=True, help="a method name under `methods:` (ce, ls, pals, ...)")
             sub.add_argument("--fraction", required=True, type=percent, help="labelled fraction as an integer percent: 10, 30, 50, 100")
             sub.add_argument("--seed", required=True, type=int, help="seed of the subset draw, initialisation and data order")

@@ -94,6 +94,12 @@ def validate(params: dict, source: Path) -> None:
             raise ParamsError(f"{source}: study.methods names {method!r}, which is not under methods ({', '.join(methods)})")
     for method, spec in methods.items():
         _require(params, f"methods.{method}.loss", source, str)
+    if "ablation" in params:
+        for key in ("datasets", "methods", "fractions", "seeds"):
+            for value in _require(params, f"ablation.{key}", source, list, lambda v: len(v) > 0, "a non-empty list"):
+                known = {"datasets": datasets, "methods": methods}.get(key)
+                if known is not None and value not in known:
+                    raise ParamsError(f"{source}: ablation.{key} names {value!r}, which is not under {key}")
     _require(params, "model.name", source, str)
     _require(params, "train.iterations", source, int, lambda v: v > 0, "a positive integer")
     _require(params, "train.batch_size", source, int, lambda v: v > 0, "a positive integer")

@@ -69,3 +69,13 @@ def reliability_diagram(bins: pd.DataFrame, ax: plt.Axes, label: str) -> None:
     ax.plot(shown["confidence"], shown["accuracy"], marker="o", label=label)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+
+
+def colourise(label: np.ndarray, kind: str) -> np.ndarray:
+    """Train-id labels ``[H, W]`` as the dataset's colours ``[H, W, 3]`` (255 = ignore in black)."""
+    from .data import cityscapes, voc
+
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    colours = {"cityscapes": cityscapes.PALETTE, "voc": voc.PALETTE}[kind]
+    palette[: len(colours)] = colours
+    return palette[label]

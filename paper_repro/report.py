@@ -17,14 +17,14 @@ from .config import RESULTS_DIR, metrics_path, run_name
 GROUP = ["dataset", "method", "percent"]
 
 
-def load_runs(params: dict, methods: list[str] | None = None, percents: list[int] | None = None) -> pd.DataFrame:
-    """One row per run: dataset, method, percent, seed, miou, pixel_accuracy, ece, iou_<class>..."""
+def load_runs(params: dict, section: str = "study", extra_methods: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per run of ``params[section]`` (plus ``extra_methods``): dataset, method, percent, seed, miou, ..."""
     records = []
-    study = params["study"]
-    for dataset in study["datasets"]:
-        for method in methods or study["methods"]:
-            for percent in percents or study["fractions"]:
-                for seed in study["seeds"]:
+    runs = params[section]
+    for dataset in runs["datasets"]:
+        for method in [*extra_methods, *runs["methods"]]:
+            for percent in runs["fractions"]:
+                for seed in runs["seeds"]:
                     path = metrics_path(dataset, run_name(method, percent, seed))
                     if not path.is_file():
                         raise FileNotFoundError(f"missing metrics {path}; run the evaluate stage for it first")
@@ -70,6 +70,9 @@ def report(params: dict) -> dict[str, Path]:
         "calibration": summarise(runs, "ece").merge(summarise(runs, "pixel_accuracy").drop(columns="n"), on=GROUP),
         "per_class": per_class(runs),
     }
+    if "ablation" in params:  # the ablation's variants beside ce and pals of the same runs' fractions and seeds
+        ablation = load_runs(params, "ablation", extra_methods=("ce", "pals"))
+        tables["ablation"] = summarise(ablation, "miou").merge(summarise(ablation, "ece").drop(columns="n"), on=GROUP)
     paths = {}
     for name, table in tables.items():
         paths[name] = RESULTS_DIR / "tables" / f"{name}.csv"

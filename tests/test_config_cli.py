@@ -110,3 +110,13 @@ def test_dvc_pipeline_expands_to_the_full_study():
     assert sum(name.startswith("train@") for name in names) == runs
     assert sum(name.startswith("evaluate@") for name in names) == runs
     assert "train@synthetic-cityscapes-pals-10-0" in names and "report" in names
+
+
+@pytest.mark.parametrize("path", PARAMETER_FILES, ids=lambda p: p.name)
+def test_pipeline_resolves_with_every_parameter_file(tmp_path, path):
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(path.read_text())
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "report" in result.stdout and "notebooks@" in result.stdout

@@ -11,6 +11,7 @@ from PIL import Image
 from conftest import run_cli
 from paper_repro.data import open_dataset
 from paper_repro.data.transforms import eval_transforms
+from paper_repro.explain import query_pixels
 from paper_repro.models import build_model
 from paper_repro.report import summarise
 
@@ -63,3 +64,27 @@ def test_summary_statistics_by_hand():
     assert table.loc[("pals", 10), "miou_delta_vs_ce"] == 3.0
     assert table.loc[("pals", 100), "miou_delta_vs_ce"] == -1.0
     assert table.loc[("pals", 100), "n"] == 1 and np.isnan(table.loc[("pals", 100), "miou_std"])
+
+
+def test_query_pixels_are_central_pixels_of_the_largest_classes():
+    label = np.full((6, 8), 255, dtype=np.uint8)
+    label[:, :5] = 3  # largest region: columns 0-4, centroid (2.5, 2)
+    label[1:4, 6:8] = 7  # second region
+    pixels = query_pixels(label, 3)
+    assert len(pixels) == 2  # only two classes are labelled
+    assert label[pixels[0]] == 3 and pixels[0][1] == 2 and pixels[0][0] in (2, 3)
+    assert label[pixels[1]] == 7
+
+
+def test_explain_writes_distributions_and_affinity_rows(tiny_workspace):
+    args = ["--dataset", "tiny-streets", "--method", "pals", "--fraction", "50", "--seed", "0"]
+    assert run_cli(tiny_workspace, "train", *args).returncode == 0
+    result = run_cli(tiny_workspace, "explain", *args)
+    assert result.returncode == 0, result.stderr
+    saved = np.load(tiny_workspace / "results" / "explain" / "tiny-streets.npz")
+    for key in ("onehot", "uniform", "pals"):
+        np.testing.assert_allclose(saved[key].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(saved["affinity"].sum((1, 2)), 1.0, atol=1e-5)
+    labels = saved["label"][saved["pixels"][:, 0], saved["pixels"][:, 1]]
+    np.testing.assert_allclose(saved["pals"][np.arange(len(labels)), labels] >= 0.5, True)  # alpha = 0.5 on the label
+    assert run_cli(tiny_workspace, "explain", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "0").returncode == 2
