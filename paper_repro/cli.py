@@ -111,6 +111,18 @@ def stage_explain(params: dict, args: argparse.Namespace) -> None:
     log.info("wrote %s", path)
 
 
+def stage_bench(params: dict, args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .bench import run_bench
+
+    report = run_bench(params["bench"], config.RESULTS_DIR / "bench")
+    print(json.dumps(report["device"]))
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(pd.DataFrame(report["aggregation"]).drop(columns=["device", "repeats"]).to_string(index=False))
+        print(pd.DataFrame(report["steps"]).drop(columns=["device", "repeats"]).to_string(index=False))
+
+
 def stage_report(params: dict, args: argparse.Namespace) -> None:
     from .report import report
 
@@ -124,6 +136,7 @@ STAGES = {
     "train": (stage_train, "train one run (dataset, method, fraction, seed), resuming from its last checkpoint"),
     "evaluate": (stage_evaluate, "evaluate one trained run on the full-resolution evaluation split"),
     "report": (stage_report, "summarise all runs into tables (mean, std, n, delta vs ce)"),
+    "bench": (stage_bench, "time and measure the memory of PALS aggregation (naive vs fused) and ce/ls/pals training steps"),
     "explain": (stage_explain, "save a trained PALS run's affinity maps and targets at a few pixels of one image"),
 }
 

@@ -120,3 +120,20 @@ def test_pipeline_resolves_with_every_parameter_file(tmp_path, path):
     result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "report" in result.stdout and "notebooks@" in result.stdout
+
+
+def test_bench_writes_its_schema_on_a_tiny_size(tiny_workspace):
+    tiny = {"tokens": [16, 64], "naive_max_tokens": 64, "dim": 8, "classes": [3], "batch": 2, "repeats": 2,
+            "models": [{"name": "deeplabv3plus_small", "size": [32, 32], "batch": 2, "classes": 5}]}
+    params = yaml.safe_load((tiny_workspace / "params.yaml").read_text()) | {"bench": tiny}
+    (tiny_workspace / "bench.yaml").write_text(yaml.safe_dump(params))
+    result = run_cli(tiny_workspace, "bench", "--params", "bench.yaml")
+    assert result.returncode == 0, result.stderr
+    report = yaml.safe_load((tiny_workspace / "results" / "bench" / "bench_cpu.json").read_text())
+    assert {"torch", "device", "threads", "name"} <= set(report["device"])
+    assert [(r["variant"], r["n"]) for r in report["aggregation"]] == [("naive", 16), ("fused", 16), ("naive", 64), ("fused", 64)]
+    for row in report["aggregation"] + report["steps"]:
+        assert row["median_s"] > 0 and row["peak_mb"] >= 0
+    assert all("memory_ratio_vs_naive" in r for r in report["aggregation"] if r["variant"] == "fused")
+    assert [r["method"] for r in report["steps"]] == ["ce", "ls", "pals"]
+    assert report["steps"][0]["time_ratio_vs_ce"] == 1.0
