@@ -61,19 +61,24 @@ class LabelledImages(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load_label(self, index: int) -> np.ndarray:
-        """Train ids ``[H, W]`` (uint8, 255 = ignore) of sample ``index``, checked against its image."""
+    def load_label(self, index: int, image_size: tuple[int, int] | None = None) -> np.ndarray:
+        """Train ids ``[H, W]`` (uint8, 255 = ignore) of sample ``index``, checked against its image.
+
+        ``image_size`` (width, height) spares reopening an image the caller has already read.
+        """
         image_path, label_path = self.files[index]
         with Image.open(label_path) as label_image:
             if label_image.mode not in ("L", "P"):
                 raise ValueError(f"{label_path}: expected a single-channel label PNG (mode L or P), got mode {label_image.mode}")
             stored = np.asarray(label_image)
-        with Image.open(image_path) as image:
-            if image.size != (stored.shape[1], stored.shape[0]):
-                raise ValueError(
-                    f"{label_path}: label size {stored.shape[1]}x{stored.shape[0]} differs from "
-                    f"image {image_path} size {image.size[0]}x{image.size[1]}"
-                )
+        if image_size is None:
+            with Image.open(image_path) as image:
+                image_size = image.size
+        if image_size != (stored.shape[1], stored.shape[0]):
+            raise ValueError(
+                f"{label_path}: label size {stored.shape[1]}x{stored.shape[0]} differs from "
+                f"image {image_path} size {image_size[0]}x{image_size[1]}"
+            )
         train_ids = self.lookup[stored]
         if (train_ids == UNDEFINED).any():
             bad = sorted(np.unique(stored[train_ids == UNDEFINED]).tolist())
@@ -81,9 +86,10 @@ class LabelledImages(Dataset):
         return train_ids.astype(np.uint8)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = tv_tensors.Mask(torch.from_numpy(self.load_label(index)))
-        with Image.open(self.files[index][0]) as image:
-            image = tv_tensors.Image(TF.pil_to_tensor(image.convert("RGB")))
+        with Image.open(self.files[index][0]) as picture:
+            image = tv_tensors.Image(TF.pil_to_tensor(picture.convert("RGB")))
+            size = picture.size
+        mask = tv_tensors.Mask(torch.from_numpy(self.load_label(index, size)))
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)
         if not image.is_floating_point():
