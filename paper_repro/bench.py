@@ -1,4 +1,5 @@
-"""Benchmark: PALS aggregation (naive vs fused) and full training steps of ce / ls / pals.
+"""Benchmark: PALS aggregation (naive, fused, fused with pooled keys), full training steps of
+ce / ls / pals, and the training data loader of the study's datasets.
 
 Every case runs in a fresh child process, so its peak memory is honest: on the CPU the peak
 resident set of that process minus the same process's resident set before the case; on CUDA
@@ -13,14 +14,18 @@ import os
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_file
+from .data.synthetic import generate_cityscapes_like, generate_voc_like
 from .losses import aggregate_predictions, build_loss
 from .models import build_model
+from .train import open_training_data, training_loader
 
 
 def naive_aggregate(features: torch.Tensor, probs: torch.Tensor, tau: float) -> torch.Tensor:
@@ -55,7 +60,11 @@ def _aggregation_case(case: dict) -> dict:
     side = int(case["n"] ** 0.5)
     features = torch.randn(case["batch"], case["dim"], side, side, generator=generator).to(device)
     probs = torch.softmax(torch.randn(case["batch"], case["classes"], side, side, generator=generator), 1).to(device)
-    function = {"naive": naive_aggregate, "fused": aggregate_predictions}[case["variant"]]
+    function = {
+        "naive": naive_aggregate,
+        "fused": aggregate_predictions,
+        "fused_pooled": lambda f, p, tau: aggregate_predictions(f, p, tau, case.get("token_budget", 0)),
+    }[case["variant"]]
     baseline = _peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -91,6 +100,27 @@ def _step_case(case: dict) -> dict:
     return case | {"median_s": statistics.median(times), "peak_mb": round(peak, 1)}
 
 
+def _loader_case(case: dict) -> dict:
+    """Median time per training batch of the real training loader (decode, augment, collate)."""
+    params = case["params"]
+    spec = params["datasets"][case["dataset"]]
+    with tempfile.TemporaryDirectory() as scratch:
+        if not Path(spec["root"]).exists():
+            if not spec.get("generate"):
+                raise FileNotFoundError(f"datasets.{case['dataset']}.root: {spec['root']} does not exist")
+            generator = {"cityscapes": generate_cityscapes_like, "voc": generate_voc_like}[spec["kind"]]
+            spec = spec | {"root": str(generator(Path(scratch) / case["dataset"], **spec["generate"]))}
+            params = params | {"datasets": params["datasets"] | {case["dataset"]: spec}}
+        settings = params["train"] | {"iterations": case["batches"]}
+        times, waited = [], time.perf_counter()
+        for _ in training_loader(open_training_data(params, case["dataset"]), settings, seed=0):
+            times.append(time.perf_counter() - waited)
+            waited = time.perf_counter()
+    keep = {key: case[key] for key in ("dataset", "batches", "device")}
+    return keep | {"batch": settings["batch_size"], "workers": settings["workers"], "cache_decoded": settings["cache_decoded"],
+                   "median_s": statistics.median(times), "mean_s": statistics.fmean(times)}
+
+
 def _in_child(function, case: dict) -> dict:
     """Run one case in a fresh process so that its peak memory is its own."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -111,37 +141,62 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def run_bench(settings: dict, output_dir: Path) -> dict:
-    """Run every case of the ``bench:`` parameters; write and return ``{"device", "aggregation", "steps"}``."""
+def model_cases(params: dict) -> list[dict]:
+    """``bench.models`` entries resolved to ``{name, size, batch, classes}``; an entry naming a
+    ``dataset`` takes the crop, class count and batch size that the study trains it with."""
+    cases = []
+    for entry in params["bench"]["models"]:
+        if "dataset" in entry:
+            spec = params["datasets"][entry["dataset"]]
+            entry = {"size": list(spec["crop"]), "batch": params["train"]["batch_size"], "classes": spec["num_classes"]} | entry
+        cases.append(entry)
+    return cases
+
+
+def run_bench(params: dict, output_dir: Path) -> dict:
+    """Run every case of the ``bench:`` parameters; write and return
+    ``{"device", "aggregation", "steps", "loader"}``."""
+    settings = params["bench"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     aggregation = []
     for classes in settings["classes"]:
         for n in settings["tokens"]:
-            for variant in ("naive", "fused"):
-                if variant == "naive" and n > settings["naive_max_tokens"]:
+            for variant in ("naive", "fused", "fused_pooled"):
+                if (variant == "naive" and n > settings["naive_max_tokens"]) or (variant == "fused_pooled" and n <= settings["token_budget"]):
                     continue
                 case = {"variant": variant, "n": n, "dim": settings["dim"], "classes": classes, "batch": settings["batch"],
                         "repeats": settings["repeats"], "device": str(device)}
+                if variant == "fused_pooled":
+                    case["token_budget"] = settings["token_budget"]
                 aggregation.append(_in_child(_aggregation_case, case))
     steps = []
-    for model_case in settings["models"]:
+    for model_case in model_cases(params):
         for method in ("ce", "ls", "pals"):
-            case = {"model": model_case["name"], "size": model_case["size"], "batch": model_case["batch"],
-                    "classes": model_case["classes"], "method": method, "repeats": settings["repeats"],
-                    "precision": "bf16" if device.type == "cuda" else "float32", "device": str(device)}
+            case = {key: model_case[key] for key in ("size", "batch", "classes")} | {
+                "model": model_case["name"], "dataset": model_case.get("dataset"), "method": method, "repeats": settings["step_repeats"],
+                "precision": "bf16" if device.type == "cuda" else "float32", "device": str(device)}
             steps.append(_in_child(_step_case, case))
+    loader = [_in_child(_loader_case, {"params": params, "dataset": dataset, "batches": settings["loader_batches"], "device": str(device)})
+              for dataset in settings["loader_datasets"]]
     for row in aggregation:
-        naive = [r for r in aggregation if r["variant"] == "naive" and r["n"] == row["n"] and r["classes"] == row["classes"]]
-        if row["variant"] == "fused" and naive:
-            row["time_ratio_vs_naive"] = round(row["median_s"] / naive[0]["median_s"], 3)
-            row["memory_ratio_vs_naive"] = round(row["peak_mb"] / max(naive[0]["peak_mb"], 1e-6), 4)
+        reference = [r for r in aggregation if r["variant"] in ("naive", "fused") and r["variant"] != row["variant"]
+                     and r["n"] == row["n"] and r["classes"] == row["classes"]]
+        if row["variant"] == "fused" and reference:
+            row["time_ratio_vs_naive"] = round(row["median_s"] / reference[0]["median_s"], 3)
+            row["memory_ratio_vs_naive"] = round(row["peak_mb"] / max(reference[0]["peak_mb"], 1e-6), 4)
+        if row["variant"] == "fused_pooled":
+            fused = [r for r in reference if r["variant"] == "fused"][0]
+            row["time_ratio_vs_fused"] = round(row["median_s"] / fused["median_s"], 3)
+            row["memory_ratio_vs_fused"] = round(row["peak_mb"] / max(fused["peak_mb"], 1e-6), 4)
     for row in steps:
-        ce = [r for r in steps if r["model"] == row["model"] and r["method"] == "ce"][0]
+        ce = [r for r in steps if r["model"] == row["model"] and r["size"] == row["size"] and r["method"] == "ce"][0]
         row["time_ratio_vs_ce"] = round(row["median_s"] / ce["median_s"], 3)
-    report = {"device": device_info(device), "aggregation": aggregation, "steps": steps}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / f"bench_{device.type}.json"
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temporary, path)
+    for row in loader:
+        pals = [r for r in steps if r["dataset"] == row["dataset"] and r["method"] == "pals"]
+        if pals:
+            row["pals_step_median_s"] = pals[0]["median_s"]
+            row["loader_share_of_iteration"] = round(row["median_s"] / (row["median_s"] + pals[0]["median_s"]), 3)
+    report = {"device": device_info(device), "aggregation": aggregation, "steps": steps, "loader": loader}
+    with atomic_file(output_dir / f"bench_{device.type}.json") as temporary:
+        temporary.write_text(json.dumps(report, indent=2) + "\n")
     return report

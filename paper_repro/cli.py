@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 
 from . import config
+from .atomic import atomic_folder
 from .config import ParamsError, dataset_params, load_params, run_name
 
 log = logging.getLogger("paper_repro")
@@ -51,15 +50,11 @@ def export_samples(data, count: int, folder: Path) -> None:
     """Copy the first ``count`` images (RGB PNG) and train-id labels of ``data`` for the figures."""
     from PIL import Image
 
-    staging = folder.with_name(folder.name + ".tmp")
-    staging.mkdir(parents=True, exist_ok=True)
-    for index in range(min(count, len(data))):
-        with Image.open(data.files[index][0]) as image:
-            image.convert("RGB").save(staging / f"{data.ids[index]}_image.png")
-        Image.fromarray(data.load_label(index)).save(staging / f"{data.ids[index]}_label.png")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(staging, folder)
+    with atomic_folder(folder) as staging:
+        for index in range(min(count, len(data))):
+            with Image.open(data.files[index][0]) as image:
+                image.convert("RGB").save(staging / f"{data.ids[index]}_image.png")
+            Image.fromarray(data.load_label(index)).save(staging / f"{data.ids[index]}_label.png")
 
 
 def stage_subsets(params: dict, args: argparse.Namespace) -> None:
@@ -116,11 +111,14 @@ def stage_bench(params: dict, args: argparse.Namespace) -> None:
 
     from .bench import run_bench
 
-    report = run_bench(params["bench"], config.RESULTS_DIR / "bench")
+    for key in ("tokens", "naive_max_tokens", "token_budget", "dim", "classes", "batch", "repeats", "step_repeats", "models", "loader_datasets", "loader_batches"):
+        if key not in params.get("bench", {}):
+            raise ParamsError(f"{args.params}: missing parameter bench.{key} (see the bench: section of params.yaml)")
+    report = run_bench(params, config.RESULTS_DIR / "bench")
     print(json.dumps(report["device"]))
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(pd.DataFrame(report["aggregation"]).drop(columns=["device", "repeats"]).to_string(index=False))
-        print(pd.DataFrame(report["steps"]).drop(columns=["device", "repeats"]).to_string(index=False))
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        for section in ("aggregation", "steps", "loader"):
+            print(pd.DataFrame(report[section]).drop(columns=["device", "repeats"], errors="ignore").to_string(index=False))
 
 
 def stage_report(params: dict, args: argparse.Namespace) -> None:

@@ -59,7 +59,7 @@ def _require(params: dict, dotted: str, source: Path, kind: type | tuple[type, .
         if not isinstance(node, dict) or part not in node:
             raise ParamsError(f"{source}: missing parameter {dotted}")
         node = node[part]
-    if isinstance(node, bool) or not isinstance(node, kind):
+    if (isinstance(node, bool) and kind is not bool) or not isinstance(node, kind):
         raise ParamsError(f"{source}: {dotted} must be {expected or kind}, got {node!r}")
     if check is not None and not check(node):
         raise ParamsError(f"{source}: {dotted} must be {expected}, got {node!r}")
@@ -109,6 +109,7 @@ def validate(params: dict, source: Path) -> None:
     _require(params, "train.poly_power", source, number, lambda v: v >= 0, "a non-negative number")
     _require(params, "train.checkpoint_every", source, int, lambda v: v > 0, "a positive integer")
     _require(params, "train.workers", source, int, lambda v: v >= 0, "a non-negative integer")
+    _require(params, "train.cache_decoded", source, bool, expected="true or false")
     _require(params, "train.amp", source, str, lambda v: v in ("off", "bf16", "fp16"), "one of off, bf16, fp16")
 
 

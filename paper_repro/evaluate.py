@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .atomic import atomic_file, atomic_folder
 from .config import dataset_params
 from .data import cityscapes, open_dataset, voc
 from .data.transforms import eval_transforms
@@ -36,10 +36,8 @@ def class_names(spec: dict) -> list[str]:
 
 
 def write_json(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 @torch.no_grad()
@@ -62,23 +60,17 @@ def evaluate(params: dict, dataset: str, model_path: Path, metrics_path: Path, p
     num_classes = spec["num_classes"]
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     bins = torch.zeros(3, n_bins, dtype=torch.float64, device=device)
-    staging = predictions_dir.with_name(predictions_dir.name + ".tmp")
-    staging.mkdir(parents=True, exist_ok=True)
-    for index in tqdm(range(len(data)), desc=f"evaluate {model_path.parent.name}", leave=False):
-        image, mask = data[index]
-        image = image.to(device).unsqueeze(0).contiguous(memory_format=torch.channels_last)
-        mask = mask.to(device).unsqueeze(0)
-        probs = torch.softmax(model(image)["out"].float(), dim=1)
-        prediction = probs.argmax(1)
-        cm += confusion_matrix(prediction, mask, num_classes)
-        bins += calibration_bins(probs, mask, n_bins)
-        if data.ids[index] in figure_ids:
-            Image.fromarray(prediction[0].byte().cpu().numpy()).save(staging / f"{data.ids[index]}.png")
-    if predictions_dir.exists():
-        for old in predictions_dir.iterdir():
-            old.unlink()
-        predictions_dir.rmdir()
-    os.replace(staging, predictions_dir)
+    with atomic_folder(predictions_dir) as staging:
+        for index in tqdm(range(len(data)), desc=f"evaluate {model_path.parent.name}", leave=False):
+            image, mask = data[index]
+            image = image.to(device).unsqueeze(0).contiguous(memory_format=torch.channels_last)
+            mask = mask.to(device).unsqueeze(0)
+            probs = torch.softmax(model(image)["out"].float(), dim=1)
+            prediction = probs.argmax(1)
+            cm += confusion_matrix(prediction, mask, num_classes)
+            bins += calibration_bins(probs, mask, n_bins)
+            if data.ids[index] in figure_ids:
+                Image.fromarray(prediction[0].byte().cpu().numpy()).save(staging / f"{data.ids[index]}.png")
 
     iou = iou_per_class(cm.cpu())
     metrics = {

@@ -8,7 +8,6 @@ uniform label smoothing (``eps``) and PALS ``alpha * onehot + (1 - alpha) * q_i`
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .atomic import atomic_file
 from .config import dataset_params, method_params
 from .data import open_dataset
 from .data.transforms import eval_transforms
@@ -65,13 +65,11 @@ def explain(params: dict, dataset: str, method: str, model_path: Path, output: P
         onehot.append(hot)
         uniform.append((1 - eps) * hot + eps / num_classes)
         pals.append(alpha * hot + (1 - alpha) * aggregated[:, y, x].numpy())
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(output.stem + ".tmp.npz")
     with Image.open(data.files[0][0]) as picture:
         raw = np.asarray(picture.convert("RGB"))
-    np.savez_compressed(temporary, image=raw, label=label, pixels=np.array(pixels), affinity=np.array(affinities),
-                        onehot=np.array(onehot), uniform=np.array(uniform), pals=np.array(pals),
-                        tau=tau, alpha=alpha, eps=eps, image_id=data.ids[0])
-    os.replace(temporary, output)
+    with atomic_file(output) as temporary:
+        np.savez_compressed(temporary, image=raw, label=label, pixels=np.array(pixels), affinity=np.array(affinities),
+                            onehot=np.array(onehot), uniform=np.array(uniform), pals=np.array(pals),
+                            tau=tau, alpha=alpha, eps=eps, image_id=data.ids[0])
     return output
 

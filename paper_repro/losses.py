@@ -32,7 +32,7 @@ from torch import nn
 __all__ = ["LOSSES", "aggregate_predictions", "teacher_probabilities", "build_loss", "SmoothedTargetLoss"]
 
 
-def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: float) -> torch.Tensor:
+def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: float, token_budget: int = 0) -> torch.Tensor:
     """Pixel-wise aggregated distribution ``q = A p`` (section 2, steps 2-4, before upsampling).
 
     ``f_i = F_i / ||F_i||`` (step 2), ``A_ij = softmax_j(<f_i, f_j> / tau)`` over the N = h*w
@@ -42,17 +42,29 @@ def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: floa
     share their last dimension, so the narrower of f and p is zero-padded to the wider one:
     zero channels change neither the dot products nor the first K output channels.
 
+    Precision: float32, or the autocast dtype (bf16 / fp16) when autocast is active on the
+    inputs' device; the result is always float32. ``tests/test_losses.py`` bounds the
+    deviation from the float32 oracle.
+
+    Pooling (off by default): with ``token_budget > 0`` and N above it, the keys and values (f
+    and p) are average-pooled to at most ``token_budget`` positions (f re-normalised after
+    pooling) while every one of the N pixels stays a query, so q keeps the feature resolution
+    and memory stays linear in N; time drops from O(N^2) to O(N * token_budget).
+
     Args:
         features: ``[B, D, h, w]`` decoder features.
         probs: ``[B, K, h, w]`` class probabilities at the feature resolution.
         tau: affinity temperature, > 0.
+        token_budget: at most this many key positions per image; 0 = all N (the method as published).
 
     Returns:
-        ``[B, K, h, w]`` distributions (each pixel sums to 1). Inputs are detached: the
+        ``[B, K, h, w]`` float32 distributions (each pixel sums to 1). Inputs are detached: the
         network is its own teacher and no gradient flows into the target.
     """
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
+    if token_budget < 0:
+        raise ValueError(f"token_budget must be >= 0 (0 = no pooling), got {token_budget}")
     if features.dim() != 4 or probs.dim() != 4 or features.shape[0] != probs.shape[0] or features.shape[2:] != probs.shape[2:]:
         raise ValueError(
             f"features [B, D, h, w] and probs [B, K, h, w] must share B, h and w; "
@@ -60,14 +72,34 @@ def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: floa
         )
     batch, dim, height, width = features.shape
     classes = probs.shape[1]
-    keys = F.normalize(features.detach().float().flatten(2).transpose(1, 2), dim=-1)  # [B, N, D]
-    values = probs.detach().float().flatten(2).transpose(1, 2)  # [B, N, K]
+    device_type = features.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
+    features, probs = features.detach().float(), probs.detach().float()
+    key_features, key_probs = features, probs
+    if token_budget and height * width > token_budget:
+        size = pooled_size(height, width, token_budget)
+        key_features, key_probs = F.adaptive_avg_pool2d(features, size), F.adaptive_avg_pool2d(probs, size)
     width_common = max(dim, classes)
-    # fused kernels also need a unit stride in the last dimension, hence contiguous()
-    keys = F.pad(keys, (0, width_common - dim)).unsqueeze(1).contiguous()  # [B, 1, N, C]
-    values = F.pad(values, (0, width_common - classes)).unsqueeze(1).contiguous()
-    aggregated = F.scaled_dot_product_attention(keys, keys, values, scale=1.0 / tau)
-    return aggregated[:, 0, :, :classes].transpose(1, 2).reshape(batch, classes, height, width)
+
+    def tokens(x: torch.Tensor, normalise: bool) -> torch.Tensor:
+        """``[B, C, h, w]`` -> ``[B, 1, h*w, width_common]``, zero-padded, contiguous (fused kernels need a unit last stride)."""
+        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])  # a view for channels-last input
+        x = F.normalize(x, dim=-1) if normalise else x
+        return F.pad(x, (0, width_common - x.shape[-1])).to(dtype).unsqueeze(1).contiguous()
+
+    queries = tokens(features, normalise=True)
+    keys = queries if key_features is features else tokens(key_features, normalise=True)
+    with torch.autocast(device_type, enabled=False):  # the dtype is chosen above, explicitly
+        aggregated = F.scaled_dot_product_attention(queries, keys, tokens(key_probs, normalise=False), scale=1.0 / tau)
+    return aggregated[:, 0, :, :classes].float().reshape(batch, height, width, classes).permute(0, 3, 1, 2)  # channels-last view
+
+
+def pooled_size(height: int, width: int, token_budget: int) -> tuple[int, int]:
+    """The ``(h', w')`` of a square ``s x s`` pooling of an ``h x w`` map with ``h' * w' <= token_budget``."""
+    stride = max(1, math.ceil(math.sqrt(height * width / token_budget)))
+    while math.ceil(height / stride) * math.ceil(width / stride) > token_budget:
+        stride += 1
+    return math.ceil(height / stride), math.ceil(width / stride)
 
 
 def teacher_probabilities(logits: torch.Tensor, size: tuple[int, int], temperature: float) -> torch.Tensor:
@@ -92,6 +124,7 @@ class SmoothedTargetLoss(nn.Module):
         ignore_index: int = 255,
         tau: float = 0.1,
         temperature: float = 1.0,
+        token_budget: int = 0,
     ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
@@ -100,6 +133,8 @@ class SmoothedTargetLoss(nn.Module):
             raise ValueError(f"tau must be > 0, got {tau}")
         if not temperature > 0:
             raise ValueError(f"T (teacher temperature) must be > 0, got {temperature}")
+        if token_budget < 0 or token_budget != int(token_budget):
+            raise ValueError(f"token_budget must be an integer >= 0 (0 = no pooling), got {token_budget}")
         if smoothing not in (None, "uniform", "aggregated", "image_mean"):
             raise ValueError(f"unknown smoothing {smoothing!r}")
         self.num_classes = num_classes
@@ -108,6 +143,7 @@ class SmoothedTargetLoss(nn.Module):
         self.ignore_index = ignore_index
         self.tau = float(tau)
         self.temperature = float(temperature)
+        self.token_budget = int(token_budget)
 
     def smoothing_distribution(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """``q`` at the logits' resolution, ``[B, K, H, W]`` or broadcastable to it (steps 1-4)."""
@@ -116,7 +152,7 @@ class SmoothedTargetLoss(nn.Module):
         probs = teacher_probabilities(logits, features.shape[-2:], self.temperature)
         if self.smoothing == "image_mean":
             return probs.mean(dim=(2, 3), keepdim=True)
-        aggregated = aggregate_predictions(features, probs, self.tau)
+        aggregated = aggregate_predictions(features, probs, self.tau, self.token_budget)
         return F.interpolate(aggregated, size=logits.shape[-2:], mode="bilinear", align_corners=False)
 
     def targets(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -135,9 +171,15 @@ class SmoothedTargetLoss(nn.Module):
             raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
         if features is None and self.smoothing in ("aggregated", "image_mean"):
             raise ValueError(f"the {self.smoothing!r} smoothing needs the decoder features")
-        per_pixel = -(self.targets(logits, target, features) * torch.log_softmax(logits.float(), dim=1)).sum(dim=1)
+        # -sum_k t_ik log s_ik = -alpha log s_i,y_i - (1 - alpha) sum_k q_ik log s_ik: the same value as
+        # with ``targets`` (tests check it) without building the [B, K, H, W] one-hot tensor
+        log_probs = torch.log_softmax(logits.float().contiguous(), dim=1)  # channels-last logits make gather slow
         valid = target != self.ignore_index
-        return per_pixel.sum() / valid.sum().clamp(min=1)
+        per_pixel = -self.alpha * log_probs.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
+        if self.smoothing is not None:
+            q = self.smoothing_distribution(logits, features).float()
+            per_pixel = per_pixel - (1.0 - self.alpha) * (q * log_probs).sum(dim=1)
+        return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
 
 
 def _ce(num_classes, ignore_index):
@@ -150,12 +192,12 @@ def _ls(num_classes, ignore_index, eps=0.1):
     return SmoothedTargetLoss(num_classes, alpha=1.0 - eps, smoothing="uniform", ignore_index=ignore_index)
 
 
-def _pals(num_classes, ignore_index, tau=0.1, alpha=0.5, T=1.0):
-    return SmoothedTargetLoss(num_classes, alpha, "aggregated", ignore_index, tau=tau, temperature=T)
+def _pals(num_classes, ignore_index, tau=0.1, alpha=0.5, T=1.0, token_budget=0):
+    return SmoothedTargetLoss(num_classes, alpha, "aggregated", ignore_index, tau=tau, temperature=T, token_budget=token_budget)
 
 
-def _pals_no_onehot(num_classes, ignore_index, tau=0.1, T=1.0):
-    return SmoothedTargetLoss(num_classes, 0.0, "aggregated", ignore_index, tau=tau, temperature=T)
+def _pals_no_onehot(num_classes, ignore_index, tau=0.1, T=1.0, token_budget=0):
+    return SmoothedTargetLoss(num_classes, 0.0, "aggregated", ignore_index, tau=tau, temperature=T, token_budget=token_budget)
 
 
 def _pals_uniform(num_classes, ignore_index, alpha=0.5, T=1.0):
@@ -179,6 +221,7 @@ def build_loss(name: str, num_classes: int, ignore_index: int = 255, **params) -
     of 0.23 already weighs a pixel e^2.3 = 10x more, so each pixel draws its target from
     pixels with similar features rather than from the whole image (tau -> inf would give the
     ``pals_uniform`` image mean), while no single pixel dominates. The ablation sweeps tau.
+    ``token_budget = 0``: no pooling before the aggregation (see ``aggregate_predictions``).
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+
+from .atomic import atomic_file
 
 # The only figures the paper's abstract gives: PALS minus cross-entropy mIoU (points) on the
 # Cityscapes *test* set at 10/30/50/100% of the training labels.
@@ -19,11 +20,8 @@ METHOD_ORDER = ["ce", "ls", "pals"]
 
 def save_figure(figure: plt.Figure, path: str | Path) -> None:
     """Write a PNG atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.stem + ".tmp.png")
-    figure.savefig(temporary, dpi=120, bbox_inches="tight")
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, dpi=120, bbox_inches="tight")
 
 
 def mean_std_table(table: pd.DataFrame, column: str, index: str = "method", columns: str = "percent") -> pd.DataFrame:
@@ -79,3 +77,16 @@ def colourise(label: np.ndarray, kind: str) -> np.ndarray:
     colours = {"cityscapes": cityscapes.PALETTE, "voc": voc.PALETTE}[kind]
     palette[: len(colours)] = colours
     return palette[label]
+
+
+def bench_scaling(aggregation: pd.DataFrame, time_ax: plt.Axes, memory_ax: plt.Axes) -> None:
+    """Median time and peak memory of the PALS aggregation against N, per variant and class count, log-log."""
+    for (variant, classes), rows in aggregation.groupby(["variant", "classes"], sort=False):
+        rows = rows.sort_values("n")
+        style = {"naive": "o-", "fused": "s-", "fused_pooled": "^--"}[variant]
+        for ax, column in ((time_ax, "median_s"), (memory_ax, "peak_mb")):
+            ax.plot(rows["n"], rows[column].clip(lower=0.1 if column == "peak_mb" else None), style, label=f"{variant}, K={classes}")
+    for ax, label in ((time_ax, "median time (s)"), (memory_ax, "peak memory (MB)")):
+        ax.set(xscale="log", yscale="log", xlabel="N = h*w feature pixels per image", ylabel=label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)

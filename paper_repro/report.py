@@ -7,11 +7,11 @@ Reads the ``metrics.json`` of every run of the study and writes CSV tables to
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from .atomic import atomic_file
 from .config import RESULTS_DIR, metrics_path, run_name
 
 GROUP = ["dataset", "method", "percent"]
@@ -55,10 +55,8 @@ def per_class(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    table.to_csv(temporary, index=False)
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        table.to_csv(temporary, index=False)
 
 
 def report(params: dict) -> dict[str, Path]:

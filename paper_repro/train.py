@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .atomic import atomic_file
 from .config import dataset_params, method_params
 from .data import open_dataset
 from .data.subsets import read_manifest
@@ -89,8 +90,30 @@ class SeededSamples(Dataset):
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator alone: transforms run on the CPU, and torch.manual_seed would also
+            # queue a CUDA reseed (with a captured stack trace) for every sample
+            torch.default_generator.manual_seed(seed)
             return self.dataset[index]
+
+
+def open_training_data(params: dict, dataset: str, ids: list[str] | None = None) -> Dataset:
+    """The training split (or its ``ids``) with the random training transforms."""
+    spec = dataset_params(params, dataset)
+    transforms = train_transforms(spec["crop"], spec["base_size"], spec.get("scale_range", (0.5, 2.0)))
+    data = open_dataset(spec, spec.get("train_split", "train"), ids, transforms)
+    return data.keep_decoded() if params["train"]["cache_decoded"] else data
+
+
+def training_loader(data: Dataset, settings: dict, seed: int, start: int = 0, rank: int = 0, world: int = 1,
+                    device: torch.device = torch.device("cpu")) -> DataLoader:
+    """Batches of iterations ``start .. train.iterations - 1`` for one rank, a function of the seed alone."""
+    return DataLoader(
+        SeededSamples(data),
+        batch_sampler=SeededBatches(len(data), settings["batch_size"], seed, start, settings["iterations"], rank, world),
+        num_workers=settings["workers"],
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # its own seed draw must not advance the global RNG that dropout uses
+    )
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -124,20 +147,15 @@ def restore_rng_states(states: dict) -> None:
 
 def save_atomically(obj, path: Path) -> None:
     """``torch.save`` to a temporary file, then rename: a kill never leaves a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def write_log(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as handle:
+    with atomic_file(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temporary, path)
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -177,9 +195,7 @@ def train(params: dict, dataset: str, method: str, percent: int, seed: int, run_
     loss_name, loss_params = method_params(params, method)
     settings = params["train"]
 
-    ids = read_manifest(manifest_path(subsets_dir, dataset, seed, percent))
-    transforms = train_transforms(spec["crop"], spec["base_size"], spec.get("scale_range", (0.5, 2.0)))
-    data = open_dataset(spec, spec.get("train_split", "train"), ids, transforms)
+    data = open_training_data(params, dataset, read_manifest(manifest_path(subsets_dir, dataset, seed, percent)))
     config = run_config(params, dataset, method, percent, seed, data)
 
     torch.manual_seed(seed)
@@ -213,13 +229,7 @@ def train(params: dict, dataset: str, method: str, percent: int, seed: int, run_
     log.info("training %s %s %d%% seed %d: %d images, %d iterations of batch %d x %d process(es) on %s",
              dataset, method, percent, seed, len(data), total, settings["batch_size"], world, device)
 
-    loader = DataLoader(
-        SeededSamples(data),
-        batch_sampler=SeededBatches(len(data), settings["batch_size"], seed, start, total, rank, world),
-        num_workers=settings["workers"],
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator(),  # its own seed draw must not advance the global RNG that dropout uses
-    )
+    loader = training_loader(data, settings, seed, start, rank, world, device)
     model.train()
     quiet = {} if rank == 0 else {"disable": True}  # rank 0 alone shows progress (TQDM_DISABLE=1 silences it)
     progress = tqdm(total=total, initial=start, desc=f"train {dataset} {method} {percent}% seed {seed}", **quiet)

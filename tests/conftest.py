@@ -23,7 +23,7 @@ TINY_PARAMS = {
     "methods": {"ce": {"loss": "ce"}, "ls": {"loss": "ls", "eps": 0.1}, "pals": {"loss": "pals", "alpha": 0.5, "tau": 0.1, "T": 1.0}},
     "model": {"name": "deeplabv3plus_small", "pretrained_backbone": False},
     "train": {"iterations": 6, "batch_size": 2, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0001,
-              "poly_power": 0.9, "checkpoint_every": 2, "workers": 0, "amp": "off"},
+              "poly_power": 0.9, "checkpoint_every": 2, "workers": 0, "cache_decoded": True, "amp": "off"},
     "evaluate": {"figure_images": 2, "calibration_bins": 15},
 }
 

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -48,6 +47,7 @@ def test_overrides_are_parsed_as_yaml_and_must_name_known_keys():
         ("train.iterations=0", "train.iterations must be a positive integer, got 0"),
         ("train.lr=-1", "train.lr must be a positive number"),
         ("train.amp=fp8", "train.amp must be one of off, bf16, fp16"),
+        ("train.cache_decoded=1", "train.cache_decoded must be true or false, got 1"),
         ("study.fractions=[10, 0.5]", "study.fractions must hold integer percents in (0, 100]"),
         ("study.methods=[ce, focal]", "study.methods names 'focal'"),
         ("study.datasets=[kitti]", "study.datasets names 'kitti'"),
@@ -123,17 +123,33 @@ def test_pipeline_resolves_with_every_parameter_file(tmp_path, path):
 
 
 def test_bench_writes_its_schema_on_a_tiny_size(tiny_workspace):
-    tiny = {"tokens": [16, 64], "naive_max_tokens": 64, "dim": 8, "classes": [3], "batch": 2, "repeats": 2,
-            "models": [{"name": "deeplabv3plus_small", "size": [32, 32], "batch": 2, "classes": 5}]}
+    tiny = {"tokens": [16, 64], "naive_max_tokens": 64, "token_budget": 16, "dim": 8, "classes": [3], "batch": 2, "repeats": 2, "step_repeats": 2,
+            "models": [{"name": "deeplabv3plus_small", "size": [32, 32], "batch": 2, "classes": 5},
+                       {"name": "deeplabv3plus_small", "dataset": "tiny-streets"}],
+            "loader_datasets": ["tiny-streets", "tiny-objects"], "loader_batches": 4}
     params = yaml.safe_load((tiny_workspace / "params.yaml").read_text()) | {"bench": tiny}
+    # a dataset not generated yet: the bench generates a temporary copy to time its loader
+    params["datasets"]["tiny-objects"] = {
+        "kind": "voc", "root": "data/tiny-objects", "num_classes": 21, "train_split": "train", "eval_split": "val",
+        "generate": {"n_train": 4, "n_val": 2, "height": 32, "width": 32, "seed": 0},
+        "base_size": 32, "scale_range": [0.75, 1.25], "crop": [32, 32]}
     (tiny_workspace / "bench.yaml").write_text(yaml.safe_dump(params))
     result = run_cli(tiny_workspace, "bench", "--params", "bench.yaml")
     assert result.returncode == 0, result.stderr
+    assert not (tiny_workspace / "data" / "tiny-objects").exists()
     report = yaml.safe_load((tiny_workspace / "results" / "bench" / "bench_cpu.json").read_text())
     assert {"torch", "device", "threads", "name"} <= set(report["device"])
-    assert [(r["variant"], r["n"]) for r in report["aggregation"]] == [("naive", 16), ("fused", 16), ("naive", 64), ("fused", 64)]
+    assert [(r["variant"], r["n"]) for r in report["aggregation"]] == [
+        ("naive", 16), ("fused", 16), ("naive", 64), ("fused", 64), ("fused_pooled", 64)]
+    for row in report["aggregation"] + report["steps"] + report["loader"]:
+        assert row["median_s"] > 0
     for row in report["aggregation"] + report["steps"]:
-        assert row["median_s"] > 0 and row["peak_mb"] >= 0
+        assert row["peak_mb"] >= 0
     assert all("memory_ratio_vs_naive" in r for r in report["aggregation"] if r["variant"] == "fused")
-    assert [r["method"] for r in report["steps"]] == ["ce", "ls", "pals"]
-    assert report["steps"][0]["time_ratio_vs_ce"] == 1.0
+    assert all("memory_ratio_vs_fused" in r and r["token_budget"] == 16 for r in report["aggregation"] if r["variant"] == "fused_pooled")
+    assert [(r["method"], r["size"], r["batch"], r["classes"]) for r in report["steps"]] == [
+        (m, [32, 32], 2, 5) for m in ("ce", "ls", "pals")] + [(m, [32, 64], 2, 19) for m in ("ce", "ls", "pals")]
+    assert [r["time_ratio_vs_ce"] for r in report["steps"] if r["method"] == "ce"] == [1.0, 1.0]
+    assert [r["dataset"] for r in report["loader"]] == ["tiny-streets", "tiny-objects"]
+    assert report["loader"][0]["batch"] == 2 and 0 < report["loader"][0]["loader_share_of_iteration"] < 1
+    assert "pals_step_median_s" not in report["loader"][1]  # no step case at that dataset's size

@@ -207,3 +207,27 @@ def test_eval_transforms_keep_full_resolution(tmp_path):
     write_voc_tree(tmp_path, {"val": {"full_000001": np.zeros((7, 9), np.uint8)}})
     image, mask = VOCSegmentation(tmp_path, "val", transforms=eval_transforms())[0]
     assert image.shape == (3, 7, 9) and mask.shape == (7, 9)
+
+
+def test_keep_decoded_reads_each_file_once_and_yields_the_same_samples(tmp_path):
+    maps = [np.array([[7, 8], [26, 24]], dtype=np.uint8), np.array([[11, 23], [0, 7]], dtype=np.uint8)]
+    paths = write_cityscapes_tree(tmp_path, "train", maps)
+    plain = CityscapesSegmentation(tmp_path, "train", transforms=train_transforms((2, 2), 2, (1.0, 1.0)))
+    cached = CityscapesSegmentation(tmp_path, "train", transforms=train_transforms((2, 2), 2, (1.0, 1.0))).keep_decoded()
+    first = []
+    for index in range(2):
+        torch.manual_seed(index)
+        expected = plain[index]
+        torch.manual_seed(index)
+        got = cached[index]
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        first.append(got)
+    for _, image_path, label_path in paths:  # from now on only the memory copy can serve them
+        image_path.unlink()
+        label_path.unlink()
+    for index in range(2):
+        torch.manual_seed(index)
+        again = cached[index]
+        assert torch.equal(again[0], first[index][0]) and torch.equal(again[1], first[index][1])
+    with pytest.raises(FileNotFoundError):
+        plain[0]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from paper_repro.losses import aggregate_predictions, build_loss
+from paper_repro.losses import aggregate_predictions, build_loss, pooled_size
 
 IGNORE = 255
 
@@ -57,6 +57,82 @@ def test_aggregation_runs_on_the_fused_flash_kernel_on_cpu(dim, classes):
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # a fallback to the O(N^2) math kernel raises
         aggregated = aggregate_predictions(features, probs, 0.1)
     torch.testing.assert_close(aggregated.double(), naive_aggregate(features, probs, 0.1), atol=2e-5, rtol=1e-4)
+
+
+# Largest deviation from the float64 oracle allowed for the aggregated distributions (values
+# in [0, 1]) when the aggregation runs in half precision under autocast: bf16 keeps 8
+# significant bits, fp16 11; measured worst cases over these inputs are about a third of these.
+HALF_PRECISION_TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 1.5e-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tau", [0.03, 0.1, 1.0])
+def test_aggregation_under_autocast_runs_fused_in_half_precision_within_tolerance(dtype, tau):
+    generator = torch.Generator().manual_seed(7)
+    features = torch.randn(2, 64, 16, 16, generator=generator)
+    probs = torch.softmax(torch.randn(2, 19, 16, 16, generator=generator) * 3, dim=1)
+    oracle = naive_aggregate(features, probs, tau)
+    with torch.autocast("cpu", dtype=dtype), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        half = aggregate_predictions(features, probs, tau)
+    assert half.dtype == torch.float32
+    error = (half.double() - oracle).abs().max().item()
+    assert error <= HALF_PRECISION_TOLERANCE[dtype]
+    # and it really ran in half precision: float32 is orders of magnitude closer
+    assert (aggregate_predictions(features, probs, tau).double() - oracle).abs().max().item() < error / 10
+
+
+def test_autocast_loss_matches_float32_loss_within_tolerance():
+    logits, target, features = random_batch(3, classes=19, size=(32, 32), feat_size=(8, 8), dim=64)
+    loss = build_loss("pals", 19)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = loss(logits, target, features)
+    assert half.dtype == torch.float32
+    assert abs(half.item() - loss(logits, target, features).item()) <= 1e-2 * loss(logits, target, features).item()
+
+
+@pytest.mark.parametrize("height,width,budget", [(64, 64, 1024), (96, 96, 1024), (17, 23, 50), (5, 7, 1), (8, 8, 64)])
+def test_pooled_size_respects_the_budget(height, width, budget):
+    pooled_height, pooled_width = pooled_size(height, width, budget)
+    assert 1 <= pooled_height <= height and 1 <= pooled_width <= width
+    assert pooled_height * pooled_width <= budget
+    assert (pooled_height, pooled_width) == {(64, 64, 1024): (32, 32), (96, 96, 1024): (32, 32), (8, 8, 64): (8, 8)}.get(
+        (height, width, budget), (pooled_height, pooled_width))
+
+
+def test_token_budget_at_or_above_n_changes_nothing():
+    features, probs = torch.randn(2, 16, 8, 8), torch.softmax(torch.randn(2, 5, 8, 8), dim=1)
+    full = aggregate_predictions(features, probs, 0.1)
+    torch.testing.assert_close(aggregate_predictions(features, probs, 0.1, token_budget=64), full)
+    torch.testing.assert_close(aggregate_predictions(features, probs, 0.1, token_budget=1000), full)
+
+
+def test_pooled_aggregation_attends_from_every_pixel_to_2x2_block_means():
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 16, 8, 12, generator=generator)
+    probs = torch.softmax(torch.randn(2, 5, 8, 12, generator=generator) * 3, dim=1)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        pooled = aggregate_predictions(features, probs, 0.2, token_budget=24)  # 96 pixels -> 4 x 6 blocks of 2 x 2
+    # oracle by hand: block means by reshaping, every full-resolution pixel as a query, float64
+    def block_means(x):
+        return x.double().reshape(2, x.shape[1], 4, 2, 6, 2).mean(dim=(3, 5)).flatten(2)  # [B, C, 24]
+    queries = F.normalize(features.double().flatten(2), dim=1)
+    keys = F.normalize(block_means(features), dim=1)
+    affinity = torch.softmax(torch.einsum("bdi,bdj->bij", queries, keys) / 0.2, dim=-1)  # [B, 96, 24]
+    expected = torch.einsum("bij,bkj->bki", affinity, block_means(probs)).reshape(2, 5, 8, 12)
+    torch.testing.assert_close(pooled.double(), expected, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(pooled.sum(1), torch.ones(2, 8, 12), atol=1e-5, rtol=0)
+
+
+def test_pals_loss_passes_its_token_budget_to_the_aggregation():
+    logits, target, features = random_batch(5, size=(16, 16), feat_size=(8, 8))
+    pooled_loss = build_loss("pals", 5, token_budget=16)
+    assert pooled_loss.token_budget == 16
+    expected = 0.5 * F.one_hot(torch.where(target == IGNORE, 0, target), 5).permute(0, 3, 1, 2).double()
+    probs = torch.softmax(F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False), dim=1)
+    q = F.interpolate(aggregate_predictions(features, probs, 0.1, token_budget=16), size=(16, 16), mode="bilinear", align_corners=False)
+    expected = (expected + 0.5 * q.double()) * (target != IGNORE).unsqueeze(1)
+    torch.testing.assert_close(pooled_loss.targets(logits, target, features).double(), expected, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(pooled_loss.targets(logits, target, features), build_loss("pals", 5).targets(logits, target, features))
 
 
 def test_images_do_not_attend_to_each_other():
@@ -219,6 +295,9 @@ def test_all_pixels_ignored_gives_zero_loss():
         ("ce", {"tau": 0.1}, "loss 'ce' takes parameters none, got unknown ['tau']"),
         ("pals_no_onehot", {"alpha": 0.5}, "got unknown ['alpha']"),
         ("pals", {"tau": "0.1"}, "parameter 'tau' must be a finite number"),
+        ("pals", {"token_budget": -1}, "token_budget must be an integer >= 0"),
+        ("pals", {"token_budget": 10.5}, "token_budget must be an integer >= 0"),
+        ("pals_uniform", {"token_budget": 64}, "got unknown ['token_budget']"),
     ],
 )
 def test_bad_loss_configuration_is_a_clear_error(name, params, message):

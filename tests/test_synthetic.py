@@ -116,3 +116,21 @@ def test_generator_rejects_bad_sizes(tmp_path, field, value):
     with pytest.raises(ValueError, match=f"{field} must be an integer"):
         generate_cityscapes_like(tmp_path / "x", seed=0, **sizes)
     assert not (tmp_path / "x").exists()
+
+
+def test_typical_look_sets_how_often_a_class_wears_its_own_colour(tmp_path):
+    def sky_colour_spread(typical_look):
+        root = generate_cityscapes_like(tmp_path / str(typical_look), n_train=12, n_val=1, height=32, width=64, seed=3,
+                                        typical_look=typical_look)
+        data = CityscapesSegmentation(root, "train")
+        means = [image[:, mask == 10].mean(1).numpy() for image, mask in (data[i] for i in range(len(data))) if (mask == 10).sum() > 20]
+        return np.std(np.array(means), axis=0).mean()
+
+    assert sky_colour_spread(1.0) < 0.75 * sky_colour_spread(0.0)  # lighting and colour cast vary in both
+
+
+@pytest.mark.parametrize("generate", [generate_cityscapes_like, generate_voc_like])
+def test_generator_rejects_a_typical_look_outside_0_1(tmp_path, generate):
+    with pytest.raises(ValueError, match="typical_look must be in"):
+        generate(tmp_path / "x", n_train=2, n_val=1, height=32, width=32, seed=0, typical_look=1.5)
+    assert not (tmp_path / "x").exists()

@@ -57,6 +57,7 @@ class LabelledImages(Dataset):
         self.lookup = lookup
         self.transforms = transforms
         self.description = description
+        self._decoded: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # see keep_decoded
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -85,11 +86,26 @@ class LabelledImages(Dataset):
             raise ValueError(f"{label_path}: label values {bad} are not defined for {self.description}")
         return train_ids.astype(np.uint8)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def keep_decoded(self) -> LabelledImages:
+        """Keep every decoded image and label in memory after its first read (for a small dataset
+        read many times: the embedded benchmark; not for full Cityscapes, which would need ~18 GB)."""
+        self._decoded = {}
+        return self
+
+    def _decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._decoded is not None and index in self._decoded:
+            return self._decoded[index]
         with Image.open(self.files[index][0]) as picture:
-            image = tv_tensors.Image(TF.pil_to_tensor(picture.convert("RGB")))
+            image = TF.pil_to_tensor(picture.convert("RGB"))
             size = picture.size
-        mask = tv_tensors.Mask(torch.from_numpy(self.load_label(index, size)))
+        decoded = image, torch.from_numpy(self.load_label(index, size))
+        if self._decoded is not None:
+            self._decoded[index] = decoded
+        return decoded
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self._decode(index)
+        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)  # transforms never write in place
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)
         if not image.is_floating_point():

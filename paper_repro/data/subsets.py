@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+from ..atomic import atomic_file
+
+if TYPE_CHECKING:  # pandas is imported where it is used: training reads manifests without it
+    import pandas as pd
 
 
 def subset_size(fraction: float, total: int) -> int:
@@ -40,11 +44,8 @@ def nested_subsets(ids: Sequence[str], fractions: Iterable[float], seed: int) ->
 
 def write_manifest(ids: Iterable[str], path: str | Path) -> None:
     """Write one id per line, atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(f"{sample_id}\n" for sample_id in ids))
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        temporary.write_text("".join(f"{sample_id}\n" for sample_id in ids))
 
 
 def read_manifest(path: str | Path) -> list[str]:
@@ -76,4 +77,6 @@ def subset_coverage(ids: Sequence[str], counts: np.ndarray, subsets: dict[int, l
         for name, count in zip(class_names, pixels):
             records.append({"seed": seed, "percent": percent, "images": len(subset), "class": name,
                             "pixels": int(count), "share": round(float(count / max(pixels.sum(), 1)), 6)})
+    import pandas as pd
+
     return pd.DataFrame.from_records(records)

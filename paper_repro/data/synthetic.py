@@ -23,14 +23,13 @@ a pure function of its arguments.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_folder
 from .voc import save_palette_png, voc_root
 
 CITYSCAPES_TRAIN_CITIES = ("synthnorth", "syntheast", "synthwest")
@@ -132,9 +131,10 @@ class Canvas:
 
 
 # ----------------------------------------------------------------------------------- streets
-def draw_street_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """One perspective street scene: ``(image uint8 [H, W, 3], Cityscapes label ids uint8 [H, W])``."""
-    canvas = Canvas(rng, height, width, SKY, STREET_TYPICAL_LOOK)
+def draw_street_scene(rng: np.random.Generator, height: int, width: int, typical_look: float = STREET_TYPICAL_LOOK) -> tuple[np.ndarray, np.ndarray]:
+    """One perspective street scene: ``(image uint8 [H, W, 3], Cityscapes label ids uint8 [H, W])``;
+    each region has its class's typical look with probability ``typical_look``."""
+    canvas = Canvas(rng, height, width, SKY, typical_look)
     colours = STREET_LOOKS
     canvas.paint(np.ones((height, width), bool), SKY, colours[SKY])
     horizon = height * rng.uniform(0.25, 0.55)
@@ -375,9 +375,10 @@ def _draw_part(draw: ImageDraw.ImageDraw, part, to_pixels, scale: float) -> None
             draw.ellipse(box, outline=1, width=max(1, int(round(0.08 * scale))))
 
 
-def draw_object_scene(rng: np.random.Generator, height: int, width: int, classes=DEFAULT_VOC_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+def draw_object_scene(rng: np.random.Generator, height: int, width: int, classes=DEFAULT_VOC_CLASSES,
+                      typical_look: float = OBJECT_TYPICAL_LOOK) -> tuple[np.ndarray, np.ndarray]:
     """1-3 objects of ``classes``: ``(image uint8 [H, W, 3], VOC class indices uint8 [H, W] with 255 bands)``."""
-    canvas = Canvas(rng, height, width, 0, OBJECT_TYPICAL_LOOK)
+    canvas = Canvas(rng, height, width, 0, typical_look)
     background = (0.5, 0.5, 0.5)
     canvas.paint(np.ones((height, width), bool), 0, background)
     if rng.random() < 0.6:  # a floor or table surface under a wall
@@ -424,53 +425,50 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, {"train": 0, "val": 1}[split], index])
 
 
-def _check_sizes(n_train: int, n_val: int, height: int, width: int) -> None:
+def _check_sizes(n_train: int, n_val: int, height: int, width: int, typical_look: float) -> None:
+    if not 0.0 <= typical_look <= 1.0:
+        raise ValueError(f"typical_look must be in [0, 1], got {typical_look!r}")
     for name, value, least in (("n_train", n_train, 1), ("n_val", n_val, 1), ("height", height, 16), ("width", width, 16)):
         if not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
-def _write_atomically(root: Path, write_tree) -> Path:
-    """Build the tree in ``root.tmp`` and move it into place only once it is complete."""
-    root = Path(root)
-    staging = root.with_name(root.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    write_tree(staging)
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(staging, root)
-    return root
-
-
-def generate_cityscapes_like(root, n_train: int, n_val: int, height: int, width: int, seed: int) -> Path:
+def generate_cityscapes_like(root, n_train: int, n_val: int, height: int, width: int, seed: int,
+                             typical_look: float = STREET_TYPICAL_LOOK) -> Path:
     """Write ``n_train`` / ``n_val`` street scenes as a Cityscapes ``gtFine`` tree at ``root``.
 
+    Each region has its class's typical look with probability ``typical_look``.
     Files: ``leftImg8bit/{split}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png`` and
     ``gtFine/{split}/{city}/..._gtFine_labelIds.png`` (grey PNG of Cityscapes label ids).
     """
-    _check_sizes(n_train, n_val, height, width)
+    _check_sizes(n_train, n_val, height, width, typical_look)
 
     def write_tree(staging: Path) -> None:
         for split, count, cities in (("train", n_train, CITYSCAPES_TRAIN_CITIES), ("val", n_val, CITYSCAPES_VAL_CITIES)):
             for index in tqdm(range(count), desc=f"synthetic-cityscapes {split}", leave=False):
                 city = cities[index % len(cities)]
                 stem = f"{city}_{index // len(cities):06d}_{19:06d}"
-                image, labels = draw_street_scene(_rng(seed, split, index), height, width)
+                image, labels = draw_street_scene(_rng(seed, split, index), height, width, typical_look)
                 for folder, suffix, array in (("leftImg8bit", "leftImg8bit", image), ("gtFine", "gtFine_labelIds", labels)):
                     target = staging / folder / split / city / f"{stem}_{suffix}.png"
                     target.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(array).save(target)
 
-    return _write_atomically(root, write_tree)
+    with atomic_folder(root) as staging:  # the tree appears at root only once it is complete
+        write_tree(staging)
+    return Path(root)
 
 
-def generate_voc_like(root, n_train: int, n_val: int, height: int, width: int, seed: int, classes=DEFAULT_VOC_CLASSES) -> Path:
+def generate_voc_like(root, n_train: int, n_val: int, height: int, width: int, seed: int, classes=DEFAULT_VOC_CLASSES,
+                      typical_look: float = OBJECT_TYPICAL_LOOK) -> Path:
     """Write ``n_train`` / ``n_val`` object scenes as a Pascal VOC 2012 tree under ``root/VOCdevkit/VOC2012``.
 
     Files: ``JPEGImages/{id}.jpg``, ``SegmentationClass/{id}.png`` (palette PNG, 255 boundary
     band) and ``ImageSets/Segmentation/{train,val,trainval}.txt``. Objects are drawn from
-    ``classes`` (VOC class indices in 1..20); labels keep the 21-class VOC indexing.
+    ``classes`` (VOC class indices in 1..20); labels keep the 21-class VOC indexing. Each object
+    has its class's typical look with probability ``typical_look``.
     """
-    _check_sizes(n_train, n_val, height, width)
+    _check_sizes(n_train, n_val, height, width, typical_look)
     classes = list(classes)
     if not classes or not set(classes) <= set(VOC_SILHOUETTES):
         raise ValueError(f"classes must be VOC class indices in 1..20, got {classes}")
@@ -484,7 +482,7 @@ def generate_voc_like(root, n_train: int, n_val: int, height: int, width: int, s
             lists[split] = []
             for index in tqdm(range(count), desc=f"synthetic-voc {split}", leave=False):
                 image_id = f"synth_{offset + index:06d}"
-                image, labels = draw_object_scene(_rng(seed, split, index), height, width, classes)
+                image, labels = draw_object_scene(_rng(seed, split, index), height, width, classes, typical_look)
                 Image.fromarray(image).save(base / "JPEGImages" / f"{image_id}.jpg", quality=92)
                 save_palette_png(labels, base / "SegmentationClass" / f"{image_id}.png")
                 lists[split].append(image_id)
@@ -492,4 +490,6 @@ def generate_voc_like(root, n_train: int, n_val: int, height: int, width: int, s
         for split, ids in lists.items():
             (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
 
-    return _write_atomically(root, write_tree)
+    with atomic_folder(root) as staging:  # the tree appears at root only once it is complete
+        write_tree(staging)
+    return Path(root)
