@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_file
-from .data.synthetic import generate_cityscapes_like, generate_voc_like
+from .data.synthetic import GENERATORS
 from .losses import aggregate_predictions, build_loss
 from .models import build_model
 from .train import open_training_data, training_loader
@@ -108,8 +108,7 @@ def _loader_case(case: dict) -> dict:
         if not Path(spec["root"]).exists():
             if not spec.get("generate"):
                 raise FileNotFoundError(f"datasets.{case['dataset']}.root: {spec['root']} does not exist")
-            generator = {"cityscapes": generate_cityscapes_like, "voc": generate_voc_like}[spec["kind"]]
-            spec = spec | {"root": str(generator(Path(scratch) / case["dataset"], **spec["generate"]))}
+            spec = spec | {"root": str(GENERATORS[spec["kind"]](Path(scratch) / case["dataset"], **spec["generate"]))}
             params = params | {"datasets": params["datasets"] | {case["dataset"]: spec}}
         settings = params["train"] | {"iterations": case["batches"]}
         times, waited = [], time.perf_counter()
@@ -178,16 +177,12 @@ def run_bench(params: dict, output_dir: Path) -> dict:
             steps.append(_in_child(_step_case, case))
     loader = [_in_child(_loader_case, {"params": params, "dataset": dataset, "batches": settings["loader_batches"], "device": str(device)})
               for dataset in settings["loader_datasets"]]
+    by_case = {(r["variant"], r["n"], r["classes"]): r for r in aggregation}
     for row in aggregation:
-        reference = [r for r in aggregation if r["variant"] in ("naive", "fused") and r["variant"] != row["variant"]
-                     and r["n"] == row["n"] and r["classes"] == row["classes"]]
-        if row["variant"] == "fused" and reference:
-            row["time_ratio_vs_naive"] = round(row["median_s"] / reference[0]["median_s"], 3)
-            row["memory_ratio_vs_naive"] = round(row["peak_mb"] / max(reference[0]["peak_mb"], 1e-6), 4)
-        if row["variant"] == "fused_pooled":
-            fused = [r for r in reference if r["variant"] == "fused"][0]
-            row["time_ratio_vs_fused"] = round(row["median_s"] / fused["median_s"], 3)
-            row["memory_ratio_vs_fused"] = round(row["peak_mb"] / max(fused["peak_mb"], 1e-6), 4)
+        reference = by_case.get(({"fused": "naive", "fused_pooled": "fused"}.get(row["variant"]), row["n"], row["classes"]))
+        if reference is not None:
+            row[f"time_ratio_vs_{reference['variant']}"] = round(row["median_s"] / reference["median_s"], 3)
+            row[f"memory_ratio_vs_{reference['variant']}"] = round(row["peak_mb"] / max(reference["peak_mb"], 1e-6), 4)
     for row in steps:
         ce = [r for r in steps if r["model"] == row["model"] and r["size"] == row["size"] and r["method"] == "ce"][0]
         row["time_ratio_vs_ce"] = round(row["median_s"] / ce["median_s"], 3)

@@ -100,6 +100,12 @@ def validate(params: dict, source: Path) -> None:
                 known = {"datasets": datasets, "methods": methods}.get(key)
                 if known is not None and value not in known:
                     raise ParamsError(f"{source}: ablation.{key} names {value!r}, which is not under {key}")
+    if "bench" in params:
+        for key in ("naive_max_tokens", "dim", "batch", "repeats", "step_repeats", "loader_batches"):
+            _require(params, f"bench.{key}", source, int, lambda v: v > 0, "a positive integer")
+        _require(params, "bench.token_budget", source, int, lambda v: v >= 0, "a non-negative integer")
+        for key in ("tokens", "classes", "models", "loader_datasets"):
+            _require(params, f"bench.{key}", source, list, lambda v: len(v) > 0, "a non-empty list")
     _require(params, "model.name", source, str)
     _require(params, "train.iterations", source, int, lambda v: v > 0, "a positive integer")
     _require(params, "train.batch_size", source, int, lambda v: v > 0, "a positive integer")

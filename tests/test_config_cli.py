@@ -61,6 +61,28 @@ def test_invalid_parameters_name_the_key(tmp_path, override, message):
     assert message in str(error.value) and str(path) in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("bench.repeats=0", "bench.repeats must be a positive integer, got 0"),
+        ("bench.token_budget=-1", "bench.token_budget must be a non-negative integer, got -1"),
+        ("bench.tokens=[]", "bench.tokens must be a non-empty list, got []"),
+    ],
+)
+def test_invalid_bench_parameters_name_the_key(tmp_path, override, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(TINY_PARAMS | {"bench": yaml.safe_load((ROOT / "params.yaml").read_text())["bench"]}))
+    load_params(path)  # the default bench section is valid
+    with pytest.raises(ParamsError) as error:
+        load_params(path, [override])
+    assert message in str(error.value)
+
+
+def test_bench_without_its_section_is_a_one_line_error(tiny_workspace):
+    result = run_cli(tiny_workspace, "bench")
+    assert result.returncode == 2 and "no bench: section" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_every_stage_explains_itself(stage, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -493,3 +493,6 @@ def generate_voc_like(root, n_train: int, n_val: int, height: int, width: int, s
     with atomic_folder(root) as staging:  # the tree appears at root only once it is complete
         write_tree(staging)
     return Path(root)
+
+
+GENERATORS = {"cityscapes": generate_cityscapes_like, "voc": generate_voc_like}  # by ``datasets.<name>.kind``
