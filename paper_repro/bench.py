@@ -25,7 +25,7 @@ from .atomic import atomic_file
 from .data.synthetic import GENERATORS
 from .losses import aggregate_predictions, build_loss
 from .models import build_model
-from .train import open_training_data, training_loader
+from .train import keep_freed_memory, open_training_data, training_loader
 
 
 def naive_aggregate(features: torch.Tensor, probs: torch.Tensor, tau: float) -> torch.Tensor:
@@ -74,6 +74,7 @@ def _aggregation_case(case: dict) -> dict:
 
 
 def _step_case(case: dict) -> dict:
+    keep_freed_memory()  # as training does
     device = torch.device(case["device"])
     torch.manual_seed(0)
     model = build_model(case["model"], case["classes"]).to(device, memory_format=torch.channels_last)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LOSSES", "aggregate_predictions", "teacher_probabilities", "build_loss", "SmoothedTargetLoss"]
+__all__ = ["LOSSES", "aggregate_predictions", "teacher_probabilities", "build_loss", "SmoothedTargetLoss", "SoftTargetCrossEntropy"]
 
 
 def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: float, token_budget: int = 0) -> torch.Tensor:
@@ -91,7 +91,8 @@ def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: floa
     keys = queries if key_features is features else tokens(key_features, normalise=True)
     with torch.autocast(device_type, enabled=False):  # the dtype is chosen above, explicitly
         aggregated = F.scaled_dot_product_attention(queries, keys, tokens(key_probs, normalise=False), scale=1.0 / tau)
-    return aggregated[:, 0, :, :classes].float().reshape(batch, height, width, classes).permute(0, 3, 1, 2)  # channels-last view
+    aggregated = aggregated[:, 0, :, :classes].float().contiguous()  # unpadded: bilinear upsampling is 2x faster on it
+    return aggregated.reshape(batch, height, width, classes).permute(0, 3, 1, 2)  # channels-last
 
 
 def pooled_size(height: int, width: int, token_budget: int) -> tuple[int, int]:
@@ -171,15 +172,65 @@ class SmoothedTargetLoss(nn.Module):
             raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
         if features is None and self.smoothing in ("aggregated", "image_mean"):
             raise ValueError(f"the {self.smoothing!r} smoothing needs the decoder features")
-        # -sum_k t_ik log s_ik = -alpha log s_i,y_i - (1 - alpha) sum_k q_ik log s_ik: the same value as
-        # with ``targets`` (tests check it) without building the [B, K, H, W] one-hot tensor
-        log_probs = torch.log_softmax(logits.float().contiguous(), dim=1)  # channels-last logits make gather slow
-        valid = target != self.ignore_index
-        per_pixel = -self.alpha * log_probs.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
-        if self.smoothing is not None:
-            q = self.smoothing_distribution(logits, features).float()
-            per_pixel = per_pixel - (1.0 - self.alpha) * (q * log_probs).sum(dim=1)
-        return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
+        q = self.smoothing_distribution(logits, features) if self.smoothing is not None else None
+        return SoftTargetCrossEntropy.apply(logits, target, q, self.alpha, self.ignore_index)
+
+
+def _pixel_dot(q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``<q_i, z_i>`` for every pixel of ``z`` ``[B, H, W, K]``, with ``q`` of the same shape or
+    ``[B or 1, 1, 1, K]``, as batched matrix products (no full-size temporary)."""
+    classes = z.shape[-1]
+    if q.shape == z.shape:
+        return torch.bmm(q.reshape(-1, 1, classes), z.reshape(-1, classes, 1)).view(z.shape[:-1])
+    return torch.matmul(z.flatten(1, 2), q.reshape(q.shape[0], classes, 1)).view(z.shape[:-1])
+
+
+class SoftTargetCrossEntropy(torch.autograd.Function):
+    """Mean over valid pixels of ``-sum_k t_ik log softmax(z_i)_k`` with
+    ``t_i = alpha * onehot(y_i) + (1 - alpha) * q_i`` (section 2, steps 5-6), without building ``t``.
+
+    Every ``q`` here is a distribution (``sum_k q_ik = 1``), so ``sum_k t_ik = 1`` and
+
+        loss_i = logsumexp(z_i) - alpha * z_i,y_i - (1 - alpha) * <q_i, z_i>
+        d loss_i / d z_i = softmax(z_i) - t_i
+
+    The forward pass therefore reads the logits without writing a log-softmax, and the
+    backward pass writes the gradient in one full-size tensor (softmax, minus alpha at the
+    label, minus (1 - alpha) q, times valid / n_valid). Both work on the ``[B, H, W, K]`` view
+    of the logits, which is contiguous for channels-last logits, so the class reductions run
+    over contiguous memory. Half-precision logits are computed in float32 and get a gradient
+    of their own dtype; ``tests/test_losses.py`` checks value and gradient against the
+    explicit ``-sum_k t_ik log_softmax(z_i)_k``.
+
+    Args (of ``apply``): logits ``[B, K, H, W]``; target ``[B, H, W]``; q ``[B, K, H, W]``,
+    anything broadcastable to it, or ``None`` (plain cross-entropy); alpha; ignore_index.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, q, alpha, ignore_index):
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        z = logits.to(dtype).permute(0, 2, 3, 1).contiguous()
+        valid = target != ignore_index
+        label = torch.where(valid, target, 0).unsqueeze(-1)
+        target_dot_z = z.gather(-1, label).squeeze(-1).mul_(alpha)  # <t_i, z_i>
+        if q is not None:
+            q = q.to(dtype).permute(0, 2, 3, 1)
+            target_dot_z.add_(_pixel_dot(q, z), alpha=1.0 - alpha)
+        log_normaliser = torch.logsumexp(z, dim=-1)
+        count = valid.sum().clamp(min=1)
+        ctx.save_for_backward(z, label, valid, q, count)
+        ctx.alpha, ctx.logits_dtype = alpha, logits.dtype
+        return ((log_normaliser - target_dot_z) * valid).sum() / count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        z, label, valid, q, count = ctx.saved_tensors
+        grad = torch.softmax(z, dim=-1)
+        grad.scatter_add_(-1, label, torch.full(label.shape, -ctx.alpha, dtype=grad.dtype, device=grad.device))
+        if q is not None:
+            grad.sub_(q, alpha=1.0 - ctx.alpha)
+        grad.mul_((valid * (grad_output / count)).unsqueeze(-1))
+        return grad.to(ctx.logits_dtype).permute(0, 3, 1, 2), None, None, None, None
 
 
 def _ce(num_classes, ignore_index):

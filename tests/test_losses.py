@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from paper_repro.losses import aggregate_predictions, build_loss, pooled_size
+from paper_repro.losses import SoftTargetCrossEntropy, aggregate_predictions, build_loss, pooled_size
 
 IGNORE = 255
 
@@ -255,6 +255,48 @@ def test_gradient_flows_only_through_log_softmax(name):
         expected = (torch.softmax(logits, 1) - loss.targets(logits, target, features)) * valid / valid.sum()
     torch.testing.assert_close(logits.grad, expected, atol=1e-7, rtol=1e-4)
     assert features.grad is None or features.grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("q_shape", [None, (1, 4, 1, 1), (2, 4, 1, 1), (2, 4, 3, 5)])
+@pytest.mark.parametrize("alpha", [1.0, 0.3, 0.0])
+def test_soft_target_cross_entropy_value_and_finite_difference_gradient(q_shape, alpha):
+    # float64 throughout: the value against the explicit -sum_k t_ik log_softmax(z_i)_k, the
+    # hand-written backward against finite differences; q is full, per-image or shared
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5, dtype=torch.float64, generator=generator) * 3
+    target = torch.randint(0, 4, (2, 3, 5), generator=generator)
+    target[0, 0, :2] = IGNORE
+    q = None if q_shape is None else torch.softmax(torch.randn(q_shape, dtype=torch.float64, generator=generator), 1)
+    onehot = F.one_hot(torch.where(target == IGNORE, 0, target), 4).permute(0, 3, 1, 2).double()
+    soft = onehot if q is None else alpha * onehot + (1 - alpha) * q
+    valid = target != IGNORE
+    expected = -(soft * torch.log_softmax(logits, 1)).sum(1)[valid].mean()
+    value = SoftTargetCrossEntropy.apply(logits, target, q, 1.0 if q is None else alpha, IGNORE)
+    torch.testing.assert_close(value, expected, atol=1e-12, rtol=1e-12)
+    logits.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: SoftTargetCrossEntropy.apply(z, target, q, alpha, IGNORE), (logits,))
+
+
+def test_loss_is_the_same_for_channels_last_and_bfloat16_logits():
+    logits, target, features = random_batch(12)
+    loss = build_loss("pals", 5)
+
+    def value_and_gradient(z):
+        z = z.detach().requires_grad_(True)
+        value = loss(z, target, features)
+        value.backward()
+        return value, z.grad
+
+    value, gradient = value_and_gradient(logits)
+    cl_value, cl_gradient = value_and_gradient(logits.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(cl_value, value, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(cl_gradient, gradient, atol=1e-9, rtol=1e-5)
+    # bf16 logits are computed in float32: same value as float32 logits holding the rounded values
+    rounded_value, rounded_gradient = value_and_gradient(logits.bfloat16().float())
+    bf_value, bf_gradient = value_and_gradient(logits.bfloat16())
+    assert bf_value.dtype == torch.float32 and bf_gradient.dtype == torch.bfloat16
+    torch.testing.assert_close(bf_value, rounded_value, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(bf_gradient.float(), rounded_gradient, atol=1e-7, rtol=1e-2)
 
 
 @pytest.mark.parametrize("name", ["ce", "ls"])

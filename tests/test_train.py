@@ -83,6 +83,19 @@ def test_checkpoint_of_other_parameters_is_not_resumed(tiny_workspace):
     assert "written with other parameters" in changed.stderr and "resuming" not in changed.stderr
 
 
+def test_loading_and_saving_settings_do_not_block_a_resume(tiny_workspace):
+    args = ("train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "0")
+    first = run_cli(tiny_workspace, *args)
+    assert first.returncode == 0, first.stderr
+    expected = weights(tiny_workspace, "ce-50-0")
+    again = run_cli(tiny_workspace, *args, "--set", "train.workers=1", "--set", "train.cache_decoded=false",
+                    "--set", "train.checkpoint_every=2")
+    assert again.returncode == 0, again.stderr
+    assert "resuming runs/tiny-streets/ce-50-0 from iteration" in again.stderr
+    actual = weights(tiny_workspace, "ce-50-0")
+    assert all(torch.equal(actual[name], expected[name]) for name in expected)
+
+
 def test_distributed_data_parallel_on_gloo_with_two_processes(tiny_workspace):
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
