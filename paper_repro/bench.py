@@ -3,7 +3,9 @@ ce / ls / pals, and the training data loader of the study's datasets.
 
 Every case runs in a fresh child process, so its peak memory is honest: on the CPU the peak
 resident set of that process minus the same process's resident set before the case; on CUDA
-``torch.cuda.max_memory_allocated``. Times are medians over repeated runs after warm-up.
+``torch.cuda.max_memory_allocated``. Times are medians over repeated runs after warm-up; the
+training steps of ce / ls / pals at one size are timed in one process, alternating, so that
+their ratios do not depend on how fast the machine happened to be for each of them.
 """
 
 from __future__ import annotations
@@ -73,12 +75,15 @@ def _aggregation_case(case: dict) -> dict:
     return case | {"median_s": statistics.median(times), "peak_mb": round(peak, 1)}
 
 
-def _step_case(case: dict) -> dict:
-    keep_freed_memory()  # as training does
+STEP_METHODS = ("ce", "ls", "pals")
+
+
+def _training_step(case: dict, method: str):
+    """A function running one training step (forward, loss, backward, SGD) of ``method`` at the case's size."""
     device = torch.device(case["device"])
     torch.manual_seed(0)
     model = build_model(case["model"], case["classes"]).to(device, memory_format=torch.channels_last)
-    criterion = build_loss(case["method"], case["classes"])
+    criterion = build_loss(method, case["classes"])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     height, width = case["size"]
     images = torch.randn(case["batch"], 3, height, width).to(device, memory_format=torch.channels_last)
@@ -93,12 +98,34 @@ def _step_case(case: dict) -> dict:
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def _step_times_case(case: dict) -> dict[str, float]:
+    """Median step time of every method. The methods' steps alternate (ce, ls, pals, ce, ...), so
+    that drifts in the machine's speed reach all of them alike and their ratios stay comparable."""
+    keep_freed_memory()  # as training does
+    device = torch.device(case["device"])
+    steps = {method: _training_step(case, method) for method in STEP_METHODS}
+    for step in steps.values():
+        _timed(step, 0, 2, device)
+    times = {method: [] for method in steps}
+    for _ in range(case["repeats"]):
+        for method, step in steps.items():
+            times[method] += _timed(step, 1, 0, device)
+    return {method: statistics.median(values) for method, values in times.items()}
+
+
+def _step_memory_case(case: dict) -> float:
+    """Peak memory (MB) of one method's training steps, alone in its process."""
+    keep_freed_memory()
+    device = torch.device(case["device"])
+    step = _training_step(case, case["method"])
     baseline = _peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = _timed(step, case["repeats"], 2, device)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mb() - baseline
-    return case | {"median_s": statistics.median(times), "peak_mb": round(peak, 1)}
+    _timed(step, 3, 0, device)
+    return round(torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mb() - baseline, 1)
 
 
 def _loader_case(case: dict) -> dict:
@@ -171,11 +198,13 @@ def run_bench(params: dict, output_dir: Path) -> dict:
                 aggregation.append(_in_child(_aggregation_case, case))
     steps = []
     for model_case in model_cases(params):
-        for method in ("ce", "ls", "pals"):
-            case = {key: model_case[key] for key in ("size", "batch", "classes")} | {
-                "model": model_case["name"], "dataset": model_case.get("dataset"), "method": method, "repeats": settings["step_repeats"],
-                "precision": "bf16" if device.type == "cuda" else "float32", "device": str(device)}
-            steps.append(_in_child(_step_case, case))
+        case = {key: model_case[key] for key in ("size", "batch", "classes")} | {
+            "model": model_case["name"], "dataset": model_case.get("dataset"), "repeats": settings["step_repeats"],
+            "precision": "bf16" if device.type == "cuda" else "float32", "device": str(device)}
+        medians = _in_child(_step_times_case, case)
+        for method in STEP_METHODS:
+            peak = _in_child(_step_memory_case, case | {"method": method})
+            steps.append(case | {"method": method, "median_s": medians[method], "peak_mb": peak})
     loader = [_in_child(_loader_case, {"params": params, "dataset": dataset, "batches": settings["loader_batches"], "device": str(device)})
               for dataset in settings["loader_datasets"]]
     by_case = {(r["variant"], r["n"], r["classes"]): r for r in aggregation}
