@@ -19,7 +19,7 @@ from .atomic import atomic_file
 from .config import dataset_params, method_params
 from .data import open_dataset
 from .data.transforms import eval_transforms
-from .losses import aggregate_predictions, teacher_probabilities
+from .losses import build_loss
 from .models import build_model
 
 
@@ -41,30 +41,27 @@ def explain(params: dict, dataset: str, method: str, model_path: Path, output: P
     loss_name, loss_params = method_params(params, method)
     if loss_name != "pals":
         raise ValueError(f"explain needs a pals run, got method {method!r} (loss {loss_name!r})")
-    tau, alpha, temperature = loss_params.get("tau", 0.1), loss_params.get("alpha", 0.5), loss_params.get("T", 1.0)
-    model = build_model(params["model"]["name"], spec["num_classes"])
+    num_classes = spec["num_classes"]
+    targets = {name: build_loss(name, num_classes, **extra) for name, extra in
+               (("ce", {}), ("ls", {"eps": eps}), ("pals", loss_params))}  # the training losses' own targets (step 5)
+    tau, alpha = targets["pals"].tau, targets["pals"].alpha
+    model = build_model(params["model"]["name"], num_classes)
     model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=False)["model"])
     model.eval()
     data = open_dataset(spec, spec.get("eval_split", "val"), transforms=eval_transforms())
     image, label = data[0]
     output_maps = model(image[None])
     logits, features = output_maps["out"], output_maps["feat"]
-    probs = teacher_probabilities(logits, features.shape[-2:], temperature)  # step 1
-    aggregated = aggregate_predictions(features, probs, tau)  # steps 2-4
-    aggregated = F.interpolate(aggregated, size=logits.shape[-2:], mode="bilinear", align_corners=False)[0]
+    per_pixel = {name: loss.targets(logits, label[None].long(), features)[0] for name, loss in targets.items()}
     keys = F.normalize(features[0].flatten(1), dim=0)  # [D, N]
     height, width = features.shape[-2:]
     label = label.numpy()
     pixels = query_pixels(label, count)
-    num_classes = spec["num_classes"]
-    affinities, onehot, uniform, pals = [], [], [], []
+    affinities = []
     for y, x in pixels:
         fy, fx = min(int(y * height / label.shape[0]), height - 1), min(int(x * width / label.shape[1]), width - 1)
         affinities.append(torch.softmax(keys[:, fy * width + fx] @ keys / tau, dim=0).reshape(height, width).numpy())
-        hot = np.eye(num_classes)[label[y, x]]
-        onehot.append(hot)
-        uniform.append((1 - eps) * hot + eps / num_classes)
-        pals.append(alpha * hot + (1 - alpha) * aggregated[:, y, x].numpy())
+    onehot, uniform, pals = ([per_pixel[name][:, y, x].double().numpy() for y, x in pixels] for name in ("ce", "ls", "pals"))
     with Image.open(data.files[0][0]) as picture:
         raw = np.asarray(picture.convert("RGB"))
     with atomic_file(output) as temporary:
