@@ -1,5 +1,6 @@
 """Benchmark: PALS aggregation (naive, fused, fused with pooled keys), full training steps of
-ce / ls / pals, and the training data loader of the study's datasets.
+ce / ls / pals (the training loop's own ``training_step``), and the training data loader of
+the study's datasets.
 
 Every case runs in a fresh child process, so its peak memory is honest: on the CPU the peak
 resident set of that process minus the same process's resident set before the case; on CUDA
@@ -10,7 +11,6 @@ their ratios do not depend on how fast the machine happened to be for each of th
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import platform
@@ -23,15 +23,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_file
-from .data.synthetic import GENERATORS
-from .losses import aggregate_predictions, build_loss
+from .atomic import write_json
+from .config import method_loss
+from .data import DATASET_KINDS
+from .layout import Layout
+from .losses import aggregate_predictions
 from .models import build_model
-from .train import keep_freed_memory, open_training_data, training_loader
+from .train import autocast_dtype, build_optimisation, keep_freed_memory, open_training_data, training_loader, training_step
 
 
 def naive_aggregate(features: torch.Tensor, probs: torch.Tensor, tau: float) -> torch.Tensor:
-    """The materialised N x N form of DESIGN.md section 2 steps 2-4 (the reference, never used in training)."""
+    """The materialised N x N form of docs/method.md, steps 2-4 (the reference, never used in training)."""
     f = F.normalize(features.flatten(2), dim=1)
     affinity = torch.softmax(torch.einsum("bdi,bdj->bij", f, f) / tau, dim=-1)
     return torch.einsum("bij,bkj->bki", affinity, probs.flatten(2)).reshape(probs.shape)
@@ -79,26 +81,19 @@ STEP_METHODS = ("ce", "ls", "pals")
 
 
 def _training_step(case: dict, method: str):
-    """A function running one training step (forward, loss, backward, SGD) of ``method`` at the case's size."""
+    """A function running one iteration of training (``train.training_step``: forward, loss, backward,
+    SGD, learning-rate decay) of ``method`` with the study's loss and optimiser settings at the case's size."""
     device = torch.device(case["device"])
     torch.manual_seed(0)
     model = build_model(case["model"], case["classes"]).to(device, memory_format=torch.channels_last)
-    criterion = build_loss(method, case["classes"])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    criterion = method_loss(case["params"], method, case["classes"])
+    dtype = autocast_dtype(case["params"]["train"]["amp"], device)  # as training runs
+    settings = case["params"]["train"] | {"iterations": 10**6}  # no decay to zero within the bench
+    optimizer, scheduler, scaler = build_optimisation(model, settings, dtype, device)
     height, width = case["size"]
     images = torch.randn(case["batch"], 3, height, width).to(device, memory_format=torch.channels_last)
     masks = torch.randint(0, case["classes"], (case["batch"], height, width)).to(device)
-    dtype = {"float32": None, "bf16": torch.bfloat16}[case["precision"]]
-
-    def step():
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            output = model(images)
-            loss = criterion(output["out"], masks, output["feat"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return lambda: training_step(model, criterion, optimizer, scheduler, scaler, images, masks, dtype)
 
 
 def _step_times_case(case: dict) -> dict[str, float]:
@@ -136,7 +131,7 @@ def _loader_case(case: dict) -> dict:
         if not Path(spec["root"]).exists():
             if not spec.get("generate"):
                 raise FileNotFoundError(f"datasets.{case['dataset']}.root: {spec['root']} does not exist")
-            spec = spec | {"root": str(GENERATORS[spec["kind"]](Path(scratch) / case["dataset"], **spec["generate"]))}
+            spec = spec | {"root": str(DATASET_KINDS[spec["kind"]].generator(Path(scratch) / case["dataset"], **spec["generate"]))}
             params = params | {"datasets": params["datasets"] | {case["dataset"]: spec}}
         settings = params["train"] | {"iterations": case["batches"]}
         times, waited = [], time.perf_counter()
@@ -180,7 +175,7 @@ def model_cases(params: dict) -> list[dict]:
     return cases
 
 
-def run_bench(params: dict, output_dir: Path) -> dict:
+def run_bench(params: dict, layout: Layout = Layout()) -> dict:
     """Run every case of the ``bench:`` parameters; write and return
     ``{"device", "aggregation", "steps", "loader"}``."""
     settings = params["bench"]
@@ -200,10 +195,11 @@ def run_bench(params: dict, output_dir: Path) -> dict:
     for model_case in model_cases(params):
         case = {key: model_case[key] for key in ("size", "batch", "classes")} | {
             "model": model_case["name"], "dataset": model_case.get("dataset"), "repeats": settings["step_repeats"],
-            "precision": "bf16" if device.type == "cuda" else "float32", "device": str(device)}
-        medians = _in_child(_step_times_case, case)
+            "precision": str(autocast_dtype(params["train"]["amp"], device) or torch.float32).removeprefix("torch."),
+            "device": str(device)}
+        medians = _in_child(_step_times_case, case | {"params": params})
         for method in STEP_METHODS:
-            peak = _in_child(_step_memory_case, case | {"method": method})
+            peak = _in_child(_step_memory_case, case | {"params": params, "method": method})
             steps.append(case | {"method": method, "median_s": medians[method], "peak_mb": peak})
     loader = [_in_child(_loader_case, {"params": params, "dataset": dataset, "batches": settings["loader_batches"], "device": str(device)})
               for dataset in settings["loader_datasets"]]
@@ -222,6 +218,19 @@ def run_bench(params: dict, output_dir: Path) -> dict:
             row["pals_step_median_s"] = pals[0]["median_s"]
             row["loader_share_of_iteration"] = round(row["median_s"] / (row["median_s"] + pals[0]["median_s"]), 3)
     report = {"device": device_info(device), "aggregation": aggregation, "steps": steps, "loader": loader}
-    with atomic_file(output_dir / f"bench_{device.type}.json") as temporary:
-        temporary.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, layout.bench(device.type))
+    return report
+
+
+def bench(params: dict, layout: Layout = Layout()) -> dict:
+    """The ``bench`` command: :func:`run_bench`, then its tables printed."""
+    import json
+
+    import pandas as pd
+
+    report = run_bench(params, layout)
+    print(json.dumps(report["device"]))
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        for section in ("aggregation", "steps", "loader"):
+            print(pd.DataFrame(report[section]).drop(columns=["device", "repeats"], errors="ignore").to_string(index=False))
     return report

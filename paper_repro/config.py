@@ -1,7 +1,10 @@
 """Parameters: ``params.yaml`` (or a preset file) plus ``--set dotted.key=value`` overrides.
 
-``params.yaml`` is the single source of every parameter; each stage reads the sections it
-needs through :func:`load_params` and names the run it works on with :func:`run_name`.
+``params.yaml`` is the single source of every parameter. :func:`load_params` reads it and
+checks everything any stage will use before any stage does work, so that a bad value fails
+the first stage of ``dvc repro``, not run 25 of 60. Where a value's rules belong to the code
+that uses it (a loss's parameters, a generator's sizes, a model name, a dataset kind), the
+check asks that code.
 """
 
 from __future__ import annotations
@@ -11,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-DATASET_KINDS = ("cityscapes", "voc")
 
 
 class ParamsError(ValueError):
@@ -49,79 +50,8 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
     params = copy.deepcopy(params)
     for assignment in overrides:
         apply_override(params, assignment)
-    validate(params, path)
+    Validator(params, path).validate()
     return params
-
-
-def _require(params: dict, dotted: str, source: Path, kind: type | tuple[type, ...], check=None, expected: str = "") -> Any:
-    node: Any = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ParamsError(f"{source}: missing parameter {dotted}")
-        node = node[part]
-    if (isinstance(node, bool) and kind is not bool) or not isinstance(node, kind):
-        raise ParamsError(f"{source}: {dotted} must be {expected or kind}, got {node!r}")
-    if check is not None and not check(node):
-        raise ParamsError(f"{source}: {dotted} must be {expected}, got {node!r}")
-    return node
-
-
-def validate(params: dict, source: Path) -> None:
-    """Check types and ranges of the parameters the stages read; raise :class:`ParamsError`."""
-    number = (int, float)
-    datasets = _require(params, "datasets", source, dict)
-    for name in _require(params, "study.datasets", source, list, lambda v: len(v) > 0, "a non-empty list"):
-        if name not in datasets:
-            raise ParamsError(f"{source}: study.datasets names {name!r}, which is not under datasets ({', '.join(datasets)})")
-    for name, spec in datasets.items():
-        prefix = f"datasets.{name}"
-        _require(params, f"{prefix}.kind", source, str, lambda v: v in DATASET_KINDS, f"one of {DATASET_KINDS}")
-        _require(params, f"{prefix}.root", source, str)
-        _require(params, f"{prefix}.num_classes", source, int, lambda v: v >= 2, "an integer >= 2")
-        _require(params, f"{prefix}.crop", source, list, lambda v: len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v), "[height, width] of positive integers")
-        _require(params, f"{prefix}.base_size", source, int, lambda v: v > 0, "a positive integer")
-        if spec.get("generate") is not None:
-            for field in ("n_train", "n_val", "height", "width", "seed"):
-                _require(params, f"{prefix}.generate.{field}", source, int, lambda v: v >= 0, "a non-negative integer")
-    fractions = _require(params, "study.fractions", source, list, lambda v: len(v) > 0, "a non-empty list")
-    for percent in fractions:
-        if not isinstance(percent, int) or isinstance(percent, bool) or not 0 < percent <= 100:
-            raise ParamsError(f"{source}: study.fractions must hold integer percents in (0, 100], got {percent!r}")
-    _require(params, "study.seeds", source, list, lambda v: len(v) > 0 and all(isinstance(s, int) for s in v), "a non-empty list of integers")
-    methods = _require(params, "methods", source, dict)
-    for method in _require(params, "study.methods", source, list, lambda v: len(v) > 0, "a non-empty list"):
-        if method not in methods:
-            raise ParamsError(f"{source}: study.methods names {method!r}, which is not under methods ({', '.join(methods)})")
-    for method, spec in methods.items():
-        _require(params, f"methods.{method}.loss", source, str)
-    if "ablation" in params:
-        for key in ("datasets", "methods", "fractions", "seeds"):
-            for value in _require(params, f"ablation.{key}", source, list, lambda v: len(v) > 0, "a non-empty list"):
-                known = {"datasets": datasets, "methods": methods}.get(key)
-                if known is not None and value not in known:
-                    raise ParamsError(f"{source}: ablation.{key} names {value!r}, which is not under {key}")
-    if "bench" in params:
-        for key in ("naive_max_tokens", "dim", "batch", "repeats", "step_repeats", "loader_batches"):
-            _require(params, f"bench.{key}", source, int, lambda v: v > 0, "a positive integer")
-        _require(params, "bench.token_budget", source, int, lambda v: v >= 0, "a non-negative integer")
-        for key in ("tokens", "classes", "models", "loader_datasets"):
-            _require(params, f"bench.{key}", source, list, lambda v: len(v) > 0, "a non-empty list")
-    _require(params, "model.name", source, str)
-    _require(params, "train.iterations", source, int, lambda v: v > 0, "a positive integer")
-    _require(params, "train.batch_size", source, int, lambda v: v > 0, "a positive integer")
-    _require(params, "train.lr", source, number, lambda v: v > 0, "a positive number")
-    _require(params, "train.momentum", source, number, lambda v: 0 <= v < 1, "in [0, 1)")
-    _require(params, "train.weight_decay", source, number, lambda v: v >= 0, "a non-negative number")
-    _require(params, "train.poly_power", source, number, lambda v: v >= 0, "a non-negative number")
-    _require(params, "train.checkpoint_every", source, int, lambda v: v > 0, "a positive integer")
-    _require(params, "train.workers", source, int, lambda v: v >= 0, "a non-negative integer")
-    _require(params, "train.cache_decoded", source, bool, expected="true or false")
-    _require(params, "train.amp", source, str, lambda v: v in ("off", "bf16", "fp16"), "one of off, bf16, fp16")
-
-
-def run_name(method: str, percent: int, seed: int) -> str:
-    """``pals-10-0``: the name of one run inside its dataset, as in the DVC matrix."""
-    return f"{method}-{percent}-{seed}"
 
 
 def dataset_params(params: dict, dataset: str) -> dict:
@@ -138,24 +68,175 @@ def method_params(params: dict, method: str) -> tuple[str, dict]:
     return spec.pop("loss"), spec
 
 
-# Where each stage writes (relative to the repository root; dvc.yaml declares the same paths).
-DATA_DIR = Path("data")
-SUBSETS_DIR = Path("subsets")
-RUNS_DIR = Path("runs")
-RESULTS_DIR = Path("results")
+def method_loss(params: dict, method: str, num_classes: int):
+    """The training loss of ``method`` (a ``paper_repro.losses.SmoothedTargetLoss``)."""
+    from .losses import build_loss
+
+    loss, options = method_params(params, method)
+    return build_loss(loss, num_classes, **options)
 
 
-def run_dir(dataset: str, run: str) -> Path:
-    return RUNS_DIR / dataset / run
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def log_path(dataset: str, run: str) -> Path:
-    return RESULTS_DIR / "logs" / dataset / f"{run}.csv"
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def metrics_path(dataset: str, run: str) -> Path:
-    return RESULTS_DIR / "metrics" / dataset / f"{run}.json"
+class Validator:
+    """Checks one parameter tree; every failure is a :class:`ParamsError` naming the file and the key."""
 
+    def __init__(self, params: dict, source: Path) -> None:
+        self.params, self.source = params, source
 
-def predictions_dir(dataset: str, run: str) -> Path:
-    return RESULTS_DIR / "predictions" / dataset / run
+    def fail(self, message: str) -> None:
+        raise ParamsError(f"{self.source}: {message}")
+
+    def get(self, dotted: str, check=None, expected: str = "") -> Any:
+        node: Any = self.params
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                self.fail(f"missing parameter {dotted}")
+            node = node[part]
+        if check is not None and not check(node):
+            self.fail(f"{dotted} must be {expected}, got {node!r}")
+        return node
+
+    def names(self, dotted: str, known: dict | list, where: str) -> list:
+        """A non-empty list whose every entry is among ``known``."""
+        values = self.get(dotted, lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list")
+        for value in values:
+            if value not in known:
+                self.fail(f"{dotted} names {value!r}, which is not under {where} ({', '.join(map(str, known))})")
+        return values
+
+    def validate(self) -> None:
+        self.study()
+        self.datasets()
+        self.methods()
+        self.model_train_evaluate()
+        self.ablation()
+        self.explain()
+        if "bench" in self.params:
+            self.bench()
+
+    def study(self) -> None:
+        self.get("datasets", lambda v: isinstance(v, dict) and len(v) > 0, "a mapping of dataset names to settings")
+        self.get("methods", lambda v: isinstance(v, dict) and len(v) > 0, "a mapping of method names to loss settings")
+        self.names("study.datasets", self.params["datasets"], "datasets")
+        methods = self.names("study.methods", self.params["methods"], "methods")
+        if "ce" not in methods:
+            self.fail(f"study.methods must include ce, the baseline every difference is measured against, got {methods}")
+        self.get("study.fractions", lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(p) and 0 < p <= 100 for p in v),
+                 "a non-empty list of integer percents in (0, 100]")
+        self.get("study.seeds", lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(s) for s in v),
+                 "a non-empty list of integers")
+        for key in ("fractions", "seeds"):
+            values = self.params["study"][key]
+            if len(set(values)) != len(values):
+                self.fail(f"study.{key} lists a value twice: {values}")
+
+    def datasets(self) -> None:
+        from .data import DATASET_KINDS
+        from .data.synthetic import check_arguments
+
+        for name, spec in self.params["datasets"].items():
+            prefix = f"datasets.{name}"
+            self.get(prefix, lambda v: isinstance(v, dict), "a mapping")
+            kind = self.get(f"{prefix}.kind", lambda v: v in DATASET_KINDS, f"one of {', '.join(DATASET_KINDS)}")
+            for key in ("root", "train_split", "eval_split"):
+                self.get(f"{prefix}.{key}", lambda v: isinstance(v, str) and v != "", "a non-empty string")
+            self.get(f"{prefix}.num_classes", lambda v: _is_int(v) and v >= 2, "an integer >= 2")
+            self.get(f"{prefix}.crop", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v),
+                     "[height, width] of positive integers")
+            self.get(f"{prefix}.base_size", lambda v: _is_int(v) and v > 0, "a positive integer")
+            self.get(f"{prefix}.scale_range", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v)
+                     and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high")
+            if spec.get("generate") is not None:
+                arguments = self.get(f"{prefix}.generate", lambda v: isinstance(v, dict), "a mapping of generator arguments")
+                try:
+                    check_arguments(DATASET_KINDS[kind].generator, arguments)
+                except ValueError as error:
+                    self.fail(f"{prefix}.generate.{error}")
+
+    def methods(self) -> None:
+        from .losses import LOSSES, build_loss
+
+        for method, spec in self.params["methods"].items():
+            self.get(f"methods.{method}", lambda v: isinstance(v, dict), "a mapping with a loss")
+            loss = self.get(f"methods.{method}.loss", lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}")
+            options = {key: value for key, value in spec.items() if key != "loss"}
+            try:
+                build_loss(loss, 2, **options)  # the loss's own rules decide
+            except ValueError as error:
+                message = str(error)
+                key = message.split(" ", 1)[0]
+                self.fail(f"methods.{method}.{message}" if key in options else f"methods.{method}: {message}")
+
+    def model_train_evaluate(self) -> None:
+        from .models import MODELS
+
+        self.get("model.name", lambda v: v in MODELS, f"one of {', '.join(MODELS)}")
+        self.get("model.pretrained_backbone", lambda v: isinstance(v, bool), "true or false")
+        positive_int, positive, non_negative = (lambda v: _is_int(v) and v > 0), (lambda v: _is_number(v) and v > 0), (lambda v: _is_number(v) and v >= 0)
+        self.get("train.iterations", positive_int, "a positive integer")
+        self.get("train.batch_size", positive_int, "a positive integer")
+        self.get("train.lr", positive, "a positive number")
+        self.get("train.momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+        self.get("train.weight_decay", non_negative, "a non-negative number")
+        self.get("train.poly_power", non_negative, "a non-negative number")
+        self.get("train.checkpoint_every", positive_int, "a positive integer")
+        self.get("train.workers", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+        self.get("train.cache_decoded", lambda v: isinstance(v, bool), "true or false")
+        self.get("train.amp", lambda v: v in ("off", "bf16", "fp16"), "one of off, bf16, fp16")
+        self.get("evaluate.figure_images", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+        self.get("evaluate.calibration_bins", positive_int, "a positive integer")
+
+    def ablation(self) -> None:
+        """Extra runs compared with the study's ce and pals runs of the same datasets, fractions and seeds."""
+        if "ablation" not in self.params:
+            return
+        study = self.params["study"]
+        for key, known in (("datasets", study["datasets"]), ("fractions", study["fractions"]), ("seeds", study["seeds"])):
+            self.names(f"ablation.{key}", known, f"study.{key}")
+        methods = self.names("ablation.methods", self.params["methods"], "methods")
+        if "pals" not in study["methods"]:
+            self.fail("the ablation compares its variants with the study's pals runs: study.methods must include pals")
+        repeated = sorted(set(methods) & set(study["methods"]))
+        if repeated:
+            self.fail(f"ablation.methods names {repeated}, which the study already runs; list only the variants")
+
+    def explain(self) -> None:
+        """The explanation figure shows one PALS run of the study (method, fraction, seed) per dataset."""
+        study = self.params["study"]
+        method = self.get("explain.method", lambda v: v in study["methods"], f"one of study.methods ({', '.join(study['methods'])})")
+        self.get("explain.fraction", lambda v: v in study["fractions"], f"one of study.fractions {study['fractions']}")
+        self.get("explain.seed", lambda v: v in study["seeds"], f"one of study.seeds {study['seeds']}")
+        self.get("explain.pixels", lambda v: _is_int(v) and v > 0, "a positive integer")
+        if method_loss(self.params, method, 2).smoothing != "aggregated":
+            self.fail(f"explain.method must be a method with the PALS aggregation (loss pals or pals_no_onehot), got {method!r}")
+
+    def bench(self) -> None:
+        positive_int = lambda v: _is_int(v) and v > 0  # noqa: E731
+        for key in ("naive_max_tokens", "dim", "batch", "repeats", "step_repeats", "loader_batches"):
+            self.get(f"bench.{key}", positive_int, "a positive integer")
+        self.get("bench.token_budget", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+        for key in ("tokens", "classes", "models"):
+            self.get(f"bench.{key}", lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list")
+        self.names("bench.loader_datasets", self.params["datasets"], "datasets")
+        for index, entry in enumerate(self.params["bench"]["models"]):
+            prefix = f"bench.models[{index}]"
+            if not isinstance(entry, dict) or entry.get("name") not in self._models():
+                self.fail(f"{prefix} must name a model ({', '.join(self._models())}), got {entry!r}")
+            if "dataset" in entry:
+                if entry["dataset"] not in self.params["datasets"]:
+                    self.fail(f"{prefix}.dataset names {entry['dataset']!r}, which is not under datasets")
+            elif not all(key in entry for key in ("size", "batch", "classes")):
+                self.fail(f"{prefix} must give a dataset, or size, batch and classes, got {entry!r}")
+
+    @staticmethod
+    def _models() -> list[str]:
+        from .models import MODELS
+
+        return list(MODELS)

@@ -133,7 +133,7 @@ class SmoothedTargetLoss(nn.Module):
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau}")
         if not temperature > 0:
-            raise ValueError(f"T (teacher temperature) must be > 0, got {temperature}")
+            raise ValueError(f"T must be > 0 (the teacher temperature), got {temperature}")
         if token_budget < 0 or token_budget != int(token_budget):
             raise ValueError(f"token_budget must be an integer >= 0 (0 = no pooling), got {token_budget}")
         if smoothing not in (None, "uniform", "aggregated", "image_mean"):

@@ -10,18 +10,12 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .atomic import atomic_file
+from .data import DATASET_KINDS
 
 # The only figures the paper's abstract gives: PALS minus cross-entropy mIoU (points) on the
 # Cityscapes *test* set at 10/30/50/100% of the training labels.
 PAPER_CITYSCAPES_TEST_DELTAS = {10: 0.076, 30: 1.848, 50: 1.137, 100: 1.063}
 METHOD_ORDER = ["ce", "ls", "pals"]
-
-
-def save_figure(figure: plt.Figure, path: str | Path) -> None:
-    """Write a PNG atomically (temporary file, then rename)."""
-    with atomic_file(path) as temporary:
-        figure.savefig(temporary, dpi=120, bbox_inches="tight")
 
 
 def mean_std_table(table: pd.DataFrame, column: str, index: str = "method", columns: str = "percent") -> pd.DataFrame:
@@ -70,11 +64,9 @@ def reliability_diagram(bins: pd.DataFrame, ax: plt.Axes, label: str) -> None:
 
 
 def colourise(label: np.ndarray, kind: str) -> np.ndarray:
-    """Train-id labels ``[H, W]`` as the dataset's colours ``[H, W, 3]`` (255 = ignore in black)."""
-    from .data import cityscapes, voc
-
+    """Train-id labels ``[H, W]`` as the dataset's colours ``[H, W, 3]`` (ignored pixels in black)."""
     palette = np.zeros((256, 3), dtype=np.uint8)
-    colours = {"cityscapes": cityscapes.PALETTE, "voc": voc.PALETTE}[kind]
+    colours = DATASET_KINDS[kind].palette
     palette[: len(colours)] = colours
     return palette[label]
 

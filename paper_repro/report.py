@@ -1,45 +1,47 @@
-"""Runs -> tables: mean, standard deviation and number of seeds per dataset, method and fraction.
+"""The ``report`` stage: runs -> tables of mean, standard deviation and number of seeds per
+dataset, method and fraction, with the difference of the means to ``ce``.
 
-Reads the ``metrics.json`` of every run of the study and writes CSV tables to
-``results/tables/``; the notebooks read these tables, nothing downstream recomputes them.
+Reads the ``metrics.json`` of every run of the study (and of the ablation) and writes CSV
+tables; the notebooks read these tables, nothing downstream recomputes them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_file
-from .config import RESULTS_DIR, metrics_path, run_name
+from .atomic import write_table
+from .layout import Layout, Run, runs_of
 
+log = logging.getLogger(__name__)
 GROUP = ["dataset", "method", "percent"]
+BASELINE = "ce"  # every difference is measured against it; the parameters' validation requires it in the study
 
 
-def load_runs(params: dict, section: str = "study", extra_methods: tuple[str, ...] = ()) -> pd.DataFrame:
-    """One row per run of ``params[section]`` (plus ``extra_methods``): dataset, method, percent, seed, miou, ..."""
+def load_runs(runs: list[Run], layout: Layout) -> pd.DataFrame:
+    """One row per run: dataset, method, percent, seed, miou, pixel_accuracy, ece, iou_<class>..."""
     records = []
-    runs = params[section]
-    for dataset in runs["datasets"]:
-        for method in [*extra_methods, *runs["methods"]]:
-            for percent in runs["fractions"]:
-                for seed in runs["seeds"]:
-                    path = metrics_path(dataset, run_name(method, percent, seed))
-                    if not path.is_file():
-                        raise FileNotFoundError(f"missing metrics {path}; run the evaluate stage for it first")
-                    metrics = json.loads(path.read_text())
-                    records.append({"dataset": dataset, "method": method, "percent": percent, "seed": seed,
-                                    "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"], "ece": metrics["ece"]}
-                                   | {f"iou_{name}": value for name, value in metrics["iou"].items()})
+    for run in runs:
+        path = layout.metrics(run)
+        if not path.is_file():
+            raise FileNotFoundError(f"missing metrics {path}; run the evaluate stage for it first")
+        metrics = json.loads(path.read_text())
+        records.append({"dataset": run.dataset, "method": run.method, "percent": run.percent, "seed": run.seed,
+                        "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"], "ece": metrics["ece"]}
+                       | {f"iou_{name}": value for name, value in metrics["iou"].items()})
     return pd.DataFrame.from_records(records)
 
 
 def summarise(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     """Mean, sample standard deviation and n over seeds, plus the mean's difference to ``ce``."""
+    if BASELINE not in set(runs["method"]):
+        raise ValueError(f"the runs hold no {BASELINE} baseline to measure differences against (methods: {sorted(set(runs['method']))})")
     table = runs.groupby(GROUP, sort=False)[column].agg(["mean", "std", "count"]).reset_index()
     table.columns = GROUP + [f"{column}_mean", f"{column}_std", "n"]
-    baseline = table[table["method"] == "ce"].set_index(["dataset", "percent"])[f"{column}_mean"]
+    baseline = table[table["method"] == BASELINE].set_index(["dataset", "percent"])[f"{column}_mean"]
     keys = pd.MultiIndex.from_frame(table[["dataset", "percent"]])
     table[f"{column}_delta_vs_ce"] = table[f"{column}_mean"].to_numpy() - baseline.reindex(keys).to_numpy()
     return table.round(4)
@@ -54,25 +56,22 @@ def per_class(runs: pd.DataFrame) -> pd.DataFrame:
     return table.round(4)
 
 
-def write_csv(table: pd.DataFrame, path: Path) -> None:
-    with atomic_file(path) as temporary:
-        table.to_csv(temporary, index=False)
-
-
-def report(params: dict) -> dict[str, Path]:
+def report(params: dict, layout: Layout = Layout()) -> dict[str, Path]:
     """Write the study's tables; returns their paths by name."""
-    runs = load_runs(params)
+    runs = load_runs(runs_of(params), layout)
     tables = {
         "runs": runs.round(4),
         "main": summarise(runs, "miou"),
         "calibration": summarise(runs, "ece").merge(summarise(runs, "pixel_accuracy").drop(columns="n"), on=GROUP),
         "per_class": per_class(runs),
     }
-    if "ablation" in params:  # the ablation's variants beside ce and pals of the same runs' fractions and seeds
-        ablation = load_runs(params, "ablation", extra_methods=("ce", "pals"))
+    if "ablation" in params:  # the ablation's variants beside the study's ce and pals runs of the same fractions and seeds
+        methods = [BASELINE, "pals", *params["ablation"]["methods"]]
+        ablation = load_runs(runs_of(params, "ablation", methods), layout)
         tables["ablation"] = summarise(ablation, "miou").merge(summarise(ablation, "ece").drop(columns="n"), on=GROUP)
     paths = {}
     for name, table in tables.items():
-        paths[name] = RESULTS_DIR / "tables" / f"{name}.csv"
-        write_csv(table, paths[name])
+        paths[name] = layout.table(name)
+        write_table(table, paths[name])
+        log.info("wrote %s table %s", name, paths[name])
     return paths

@@ -19,7 +19,6 @@ of ``B * world_size``. On CUDA, ``train.amp`` selects bf16 or fp16 autocast.
 
 from __future__ import annotations
 
-import csv
 import ctypes
 import hashlib
 import logging
@@ -35,21 +34,16 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .atomic import atomic_file
-from .config import dataset_params, method_params
+from .atomic import save_torch, write_rows
+from .config import dataset_params, method_loss, method_params
 from .data import open_dataset
-from .data.subsets import read_manifest
 from .data.transforms import train_transforms
-from .losses import build_loss
+from .layout import Layout, Run
 from .models import build_model
+from .subsets import read_manifest
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = ("iteration", "loss", "lr", "data_seconds", "step_seconds")
-
-
-def manifest_path(subsets_dir: str | Path, dataset: str, seed: int, percent: int) -> Path:
-    """Where the ``subsets`` stage writes the ids of one label fraction."""
-    return Path(subsets_dir) / dataset / f"seed{seed}" / f"{percent}.txt"
 
 
 def derived_seed(seed: int, purpose: int, counter: int) -> int:
@@ -101,8 +95,8 @@ class SeededSamples(Dataset):
 def open_training_data(params: dict, dataset: str, ids: list[str] | None = None) -> Dataset:
     """The training split (or its ``ids``) with the random training transforms."""
     spec = dataset_params(params, dataset)
-    transforms = train_transforms(spec["crop"], spec["base_size"], spec.get("scale_range", (0.5, 2.0)))
-    data = open_dataset(spec, spec.get("train_split", "train"), ids, transforms)
+    transforms = train_transforms(spec["crop"], spec["base_size"], spec["scale_range"])
+    data = open_dataset(spec, spec["train_split"], ids, transforms)
     return data.keep_decoded() if params["train"]["cache_decoded"] else data
 
 
@@ -147,19 +141,6 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_atomically(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a kill never leaves a truncated file."""
-    with atomic_file(path) as temporary:
-        torch.save(obj, temporary)
-
-
-def write_log(rows: list[dict], path: Path) -> None:
-    with atomic_file(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or amp == "off":
         return None
@@ -183,95 +164,117 @@ def keep_freed_memory() -> None:
 
 
 def files_fingerprint(files) -> str:
-    """SHA-256 over the path, size and modification time of every (image, label) file."""
+    """SHA-256 over the names and contents of every (image, label) file, in order.
+
+    By content, so that data restored by ``dvc checkout`` or copied to another disk (new
+    modification times, another root) still resumes, while any changed byte starts afresh.
+    """
     digest = hashlib.sha256()
     for pair in files:
         for path in pair:
-            status = os.stat(path)
-            digest.update(f"{path}\t{status.st_size}\t{status.st_mtime_ns}\n".encode())
+            digest.update(f"{Path(path).name}\n".encode())
+            with open(path, "rb") as handle:
+                while chunk := handle.read(2**20):
+                    digest.update(chunk)
     return digest.hexdigest()
 
 
 RESUMABLE_ACROSS = ("workers", "cache_decoded", "checkpoint_every")
 
 
-def run_config(params: dict, dataset: str, method: str, percent: int, seed: int, data) -> dict:
+def run_config(params: dict, run: Run, data) -> dict:
     """Everything that defines a run's weights; a checkpoint is resumed only if this matches exactly.
 
-    It includes a fingerprint of the training files, so regenerated or replaced data starts
-    a fresh run instead of resuming weights trained on the old files. The ``train`` settings
-    that only say how batches are loaded and how often they are saved (``RESUMABLE_ACROSS``)
-    are left out: a run may resume with other values of them.
+    It includes a fingerprint of the training files' contents, so regenerated or replaced data
+    starts a fresh run instead of resuming weights trained on the old files; the dataset's
+    ``root`` is left out (the contents say what the data is, not where it lies). The ``train``
+    settings that only say how batches are loaded and how often they are saved
+    (``RESUMABLE_ACROSS``) are left out too: a run may resume with other values of them.
     """
+    data_spec = {key: value for key, value in dataset_params(params, run.dataset).items() if key != "root"}
     return {
-        "dataset": dataset, "method": method, "percent": percent, "seed": seed, "files": files_fingerprint(data.files),
-        "data": dataset_params(params, dataset), "loss": method_params(params, method), "model": params["model"],
+        "dataset": run.dataset, "method": run.method, "percent": run.percent, "seed": run.seed, "files": files_fingerprint(data.files),
+        "data": data_spec, "loss": method_params(params, run.method), "model": params["model"],
         "train": {key: value for key, value in params["train"].items() if key not in RESUMABLE_ACROSS},
     }
 
 
-def train(params: dict, dataset: str, method: str, percent: int, seed: int, run_dir: Path, log_path: Path, subsets_dir: Path) -> Path:
-    """Train one run into ``run_dir`` (``checkpoint.pt``, ``model.pt``) and write its CSV log; returns ``model.pt``."""
-    run_dir, log_path = Path(run_dir), Path(log_path)
+def build_optimisation(model: torch.nn.Module, settings: dict, dtype: torch.dtype | None, device: torch.device):
+    """``(optimizer, scheduler, scaler)``: SGD with momentum and weight decay, polynomial decay of the
+    learning rate over ``settings["iterations"]``, and a gradient scaler that is active under fp16 only."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=settings["iterations"], power=settings["poly_power"])
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return optimizer, scheduler, scaler
+
+
+def training_step(model, criterion, optimizer, scheduler, scaler, images, masks, dtype: torch.dtype | None) -> tuple[float, float]:
+    """One iteration: forward and loss under autocast (``dtype``, or none), backward, SGD step and
+    learning-rate decay. Returns ``(loss, learning rate used)``. The benchmark times this same function."""
+    with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        output = model(images)
+        loss = criterion(output["out"], masks, output["feat"])
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    return loss.item(), lr
+
+
+def train(params: dict, run: Run, layout: Layout = Layout()) -> Path:
+    """Train one run into its run folder (``checkpoint.pt``, ``model.pt``) and write its CSV log; returns ``model.pt``."""
     rank, world, device = setup_distributed()
     keep_freed_memory()
-    spec = dataset_params(params, dataset)
-    loss_name, loss_params = method_params(params, method)
+    spec = dataset_params(params, run.dataset)
     settings = params["train"]
 
-    data = open_training_data(params, dataset, read_manifest(manifest_path(subsets_dir, dataset, seed, percent)))
-    config = run_config(params, dataset, method, percent, seed, data)
+    data = open_training_data(params, run.dataset, read_manifest(layout.manifest(run.dataset, run.seed, run.percent)))
+    config = run_config(params, run, data)
 
-    torch.manual_seed(seed)
-    model = build_model(params["model"]["name"], spec["num_classes"], params["model"].get("pretrained_backbone", False))
+    torch.manual_seed(run.seed)
+    model = build_model(params["model"]["name"], spec["num_classes"], params["model"]["pretrained_backbone"])
     model = model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU alike
     if world > 1:
         if device.type == "cuda":  # PyTorch's SyncBatchNorm is GPU-only; on gloo each rank keeps its own statistics
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    criterion = build_loss(loss_name, spec["num_classes"], **loss_params)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=settings["iterations"], power=settings["poly_power"])
+    bare_model = model.module if world > 1 else model
+    criterion = method_loss(params, run.method, spec["num_classes"])
     dtype = autocast_dtype(settings["amp"], device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    optimizer, scheduler, scaler = build_optimisation(model, settings, dtype, device)
 
-    checkpoint_path = run_dir / "checkpoint.pt"
+    checkpoint_path, log_path = layout.checkpoint(run), layout.log(run)
     start, rows = 0, []
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if state["config"] == config:
-            (model.module if world > 1 else model).load_state_dict(state["model"])
+            bare_model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             restore_rng_states(state["rng"])
             start, rows = state["iteration"], state["log"]
-            log.info("resuming %s from iteration %d", run_dir, start)
+            log.info("resuming %s from iteration %d", layout.run_dir(run), start)
         else:
-            log.info("ignoring %s: it was written with other parameters", checkpoint_path)
+            changed = sorted(key for key in config if state["config"].get(key) != config[key])
+            log.warning("ignoring %s: it was written with other parameters or data (%s differ); training from iteration 0",
+                        checkpoint_path, ", ".join(changed))
     total = settings["iterations"]
     log.info("training %s %s %d%% seed %d: %d images, %d iterations of batch %d x %d process(es) on %s",
-             dataset, method, percent, seed, len(data), total, settings["batch_size"], world, device)
+             run.dataset, run.method, run.percent, run.seed, len(data), total, settings["batch_size"], world, device)
 
-    loader = training_loader(data, settings, seed, start, rank, world, device)
+    loader = training_loader(data, settings, run.seed, start, rank, world, device)
     model.train()
     quiet = {} if rank == 0 else {"disable": True}  # rank 0 alone shows progress (TQDM_DISABLE=1 silences it)
-    progress = tqdm(total=total, initial=start, desc=f"train {dataset} {method} {percent}% seed {seed}", **quiet)
+    progress = tqdm(total=total, initial=start, desc=f"train {run.dataset} {run.name}", **quiet)
     waited = time.perf_counter()
     for iteration, (images, masks) in enumerate(loader, start=start):
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         masks = masks.to(device, non_blocking=True)
         began = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            output = model(images)
-            loss = criterion(output["out"], masks, output["feat"])
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        loss_value = loss.item()
+        loss_value, lr = training_step(model, criterion, optimizer, scheduler, scaler, images, masks, dtype)
         finished = time.perf_counter()
         rows.append({"iteration": iteration + 1, "loss": round(loss_value, 6), "lr": lr,
                      "data_seconds": round(began - waited, 6), "step_seconds": round(finished - began, 6)})
@@ -281,20 +284,19 @@ def train(params: dict, dataset: str, method: str, percent: int, seed: int, run_
             raise FloatingPointError(f"loss became {loss_value} at iteration {iteration + 1}; lower train.lr")
         done = iteration + 1
         if rank == 0 and (done % settings["checkpoint_every"] == 0 or done == total):
-            save_atomically({
-                "config": config, "iteration": done, "log": rows,
-                "model": (model.module if world > 1 else model).state_dict(),
+            save_torch({
+                "config": config, "iteration": done, "log": rows, "model": bare_model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng_states(),
             }, checkpoint_path)
-            write_log(rows, log_path)
+            write_rows(rows, LOG_FIELDS, log_path)
         waited = time.perf_counter()
     progress.close()
 
-    final_path = run_dir / "model.pt"
+    final_path = layout.model(run)
     if rank == 0:
-        save_atomically({"config": config, "model": (model.module if world > 1 else model).state_dict()}, final_path)
-        write_log(rows, log_path)
+        save_torch({"config": config, "model": bare_model.state_dict()}, final_path)
+        write_rows(rows, LOG_FIELDS, log_path)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -1,5 +1,6 @@
 """Parameters, presets and the command line: validation and one-line errors for user mistakes."""
 
+import re
 import subprocess
 import sys
 
@@ -48,9 +49,34 @@ def test_overrides_are_parsed_as_yaml_and_must_name_known_keys():
         ("train.lr=-1", "train.lr must be a positive number"),
         ("train.amp=fp8", "train.amp must be one of off, bf16, fp16"),
         ("train.cache_decoded=1", "train.cache_decoded must be true or false, got 1"),
-        ("study.fractions=[10, 0.5]", "study.fractions must hold integer percents in (0, 100]"),
+        ("study.fractions=[10, 0.5]", "study.fractions must be a non-empty list of integer percents in (0, 100], got [10, 0.5]"),
+        ("study.fractions=[10, 10]", "study.fractions lists a value twice"),
         ("study.methods=[ce, focal]", "study.methods names 'focal'"),
+        ("study.methods=[pals]", "study.methods must include ce, the baseline"),
         ("study.datasets=[kitti]", "study.datasets names 'kitti'"),
+        # each method's loss parameters, by the loss's own rules
+        ("methods.pals.tau=0", "methods.pals.tau must be > 0, got 0"),
+        ("methods.pals.alpha=1.5", "methods.pals.alpha must be in [0, 1], got 1.5"),
+        ("methods.pals.T=0", "methods.pals.T must be > 0"),
+        ("methods.pals={loss: pals, token_budget: 2.5}", "methods.pals.token_budget must be an integer >= 0"),
+        ("methods.ls.eps=1.2", "methods.ls.eps must be in [0, 1], got 1.2"),
+        ("methods.ce.loss=focal", "methods.ce.loss must be one of ce, ls, pals"),
+        ("methods.ce={loss: ce, tau: 0.1}", "methods.ce: loss 'ce' takes parameters none, got unknown ['tau']"),
+        # models, dataset kinds, augmentation, generator sizes, evaluation
+        ("model.name=resnet", "model.name must be one of deeplabv3plus_resnet101"),
+        ("datasets.tiny-streets.kind=kitti", "datasets.tiny-streets.kind must be one of cityscapes, voc, got 'kitti'"),
+        ("datasets.tiny-streets.scale_range=[2, 1]", "datasets.tiny-streets.scale_range must be [low, high] with 0 < low <= high"),
+        ("datasets.tiny-streets.generate.height=0", "datasets.tiny-streets.generate.height must be an integer >= 16, got 0"),
+        ("datasets.tiny-streets.generate.n_train=2.5", "datasets.tiny-streets.generate.n_train must be an integer >= 1, got 2.5"),
+        ("datasets.tiny-streets.generate={n_train: 8, n_val: 3, height: 32, width: 64, seed: 0, depth: 3}",
+         "datasets.tiny-streets.generate.depth: unknown argument"),
+        ("evaluate.figure_images=-1", "evaluate.figure_images must be a non-negative integer, got -1"),
+        ("evaluate.calibration_bins=0", "evaluate.calibration_bins must be a positive integer, got 0"),
+        # the explanation figure's run must be a PALS run of the study
+        ("explain.fraction=30", "explain.fraction must be one of study.fractions [50, 100], got 30"),
+        ("explain.seed=3", "explain.seed must be one of study.seeds [0], got 3"),
+        ("explain.method=ce", "explain.method must be a method with the PALS aggregation"),
+        ("explain.method=ls", "explain.method must be one of study.methods (ce, pals), got 'ls'"),
     ],
 )
 def test_invalid_parameters_name_the_key(tmp_path, override, message):
@@ -62,16 +88,39 @@ def test_invalid_parameters_name_the_key(tmp_path, override, message):
 
 
 @pytest.mark.parametrize(
+    "ablation,message",
+    [
+        ({"methods": ["ce", "pals_tau_low"]}, "ablation.methods names ['ce'], which the study already runs"),
+        ({"methods": ["pals"]}, "ablation.methods names ['pals'], which the study already runs"),
+        ({"fractions": [10]}, "ablation.fractions names 10, which is not under study.fractions"),
+        ({"seeds": [1]}, "ablation.seeds names 1, which is not under study.seeds"),
+    ],
+)
+def test_ablation_lists_only_variants_over_the_study_runs(tmp_path, ablation, message):
+    params = TINY_PARAMS | {"methods": TINY_PARAMS["methods"] | {"pals_tau_low": {"loss": "pals", "tau": 0.03}},
+                            "ablation": {"datasets": ["tiny-streets"], "methods": ["pals_tau_low"], "fractions": [50], "seeds": [0]}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    load_params(path)  # valid as it is
+    path.write_text(yaml.safe_dump(params | {"ablation": params["ablation"] | ablation}))
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
     "override,message",
     [
         ("bench.repeats=0", "bench.repeats must be a positive integer, got 0"),
         ("bench.token_budget=-1", "bench.token_budget must be a non-negative integer, got -1"),
         ("bench.tokens=[]", "bench.tokens must be a non-empty list, got []"),
+        ("bench.loader_datasets=[kitti]", "bench.loader_datasets names 'kitti', which is not under datasets"),
+        ("bench.models=[{name: vit}]", "bench.models[0] must name a model"),
     ],
 )
 def test_invalid_bench_parameters_name_the_key(tmp_path, override, message):
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(TINY_PARAMS | {"bench": yaml.safe_load((ROOT / "params.yaml").read_text())["bench"]}))
+    default = yaml.safe_load((ROOT / "params.yaml").read_text())  # its bench section times the study's datasets
+    path.write_text(yaml.safe_dump(TINY_PARAMS | {"bench": default["bench"], "datasets": TINY_PARAMS["datasets"] | default["datasets"]}))
     load_params(path)  # the default bench section is valid
     with pytest.raises(ParamsError) as error:
         load_params(path, [override])
@@ -89,7 +138,7 @@ def test_every_stage_explains_itself(stage, capsys):
         main([stage, "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    assert "--params" in text and "--set" in text and STAGES[stage][1].split()[0] in text
+    assert "--params" in text and "--set" in text and STAGES[stage].help.split()[0] in text
 
 
 @pytest.mark.parametrize(
@@ -101,7 +150,8 @@ def test_every_stage_explains_itself(stage, capsys):
         (["evaluate", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "7"], "missing trained model runs/tiny-streets/ce-50-7/model.pt"),
         (["report", "--set", "train.nonsense=1"], "train.nonsense: unknown parameter"),
         (["report", "--params", "missing.yaml"], "parameter file missing.yaml does not exist"),
-        (["subsets", "--dataset", "tiny-streets", "--set", "study.fractions=[0]"], "study.fractions must hold integer percents"),
+        (["subsets", "--dataset", "tiny-streets", "--set", "study.fractions=[0]"], "study.fractions must be a non-empty list of integer percents"),
+        (["generate", "--dataset", "tiny-streets", "--set", "methods.pals.tau=0"], "methods.pals.tau must be > 0, got 0"),
     ],
 )
 def test_user_mistakes_end_in_one_line_errors(tiny_workspace, args, message):

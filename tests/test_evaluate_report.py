@@ -76,15 +76,22 @@ def test_query_pixels_are_central_pixels_of_the_largest_classes():
     assert label[pixels[1]] == 7
 
 
-def test_explain_writes_distributions_and_affinity_rows(tiny_workspace):
-    args = ["--dataset", "tiny-streets", "--method", "pals", "--fraction", "50", "--seed", "0"]
-    assert run_cli(tiny_workspace, "train", *args).returncode == 0
-    result = run_cli(tiny_workspace, "explain", *args)
+def test_explain_writes_every_methods_target_and_affinity_rows(tiny_workspace):
+    train = ["train", "--dataset", "tiny-streets", "--method", "pals", "--fraction", "50", "--seed", "0"]
+    assert run_cli(tiny_workspace, *train).returncode == 0
+    # the study's ls method with its own eps (not a default of the explanation code), and a third method
+    overrides = ["--set", "study.methods=[ce, ls, pals]", "--set", "methods.ls.eps=0.3"]
+    result = run_cli(tiny_workspace, "explain", "--dataset", "tiny-streets", *overrides)
     assert result.returncode == 0, result.stderr
     saved = np.load(tiny_workspace / "results" / "explain" / "tiny-streets.npz")
-    for key in ("onehot", "uniform", "pals"):
-        np.testing.assert_allclose(saved[key].sum(1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(saved["affinity"].sum((1, 2)), 1.0, atol=1e-5)
+    assert list(saved["methods"]) == ["ce", "ls", "pals"] and str(saved["run"]) == "pals-50-0"
+    targets = dict(zip(saved["methods"], saved["targets"]))  # per method: [pixels, K]
     labels = saved["label"][saved["pixels"][:, 0], saved["pixels"][:, 1]]
-    np.testing.assert_allclose(saved["pals"][np.arange(len(labels)), labels] >= 0.5, True)  # alpha = 0.5 on the label
-    assert run_cli(tiny_workspace, "explain", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "0").returncode == 2
+    onehot = np.eye(19)[labels]
+    np.testing.assert_allclose(targets["ce"], onehot)
+    np.testing.assert_allclose(targets["ls"], 0.7 * onehot + 0.3 / 19, atol=1e-6)
+    for target in targets.values():
+        np.testing.assert_allclose(target.sum(1), 1.0, atol=1e-5)
+    assert (targets["pals"][np.arange(len(labels)), labels] >= 0.5).all()  # alpha = 0.5 on the label
+    np.testing.assert_allclose(saved["affinity"].sum((1, 2)), 1.0, atol=1e-5)
+    assert float(saved["tau"]) == 0.1 and float(saved["alpha"]) == 0.5

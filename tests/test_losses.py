@@ -332,7 +332,7 @@ def test_all_pixels_ignored_gives_zero_loss():
         ("pals", {"alpha": -0.1}, "alpha must be in [0, 1]"),
         ("pals", {"tau": 0.0}, "tau must be > 0, got 0.0"),
         ("pals", {"tau": -1.0}, "tau must be > 0"),
-        ("pals", {"T": 0.0}, "T (teacher temperature) must be > 0"),
+        ("pals", {"T": 0.0}, "T must be > 0 (the teacher temperature)"),
         ("ls", {"eps": 1.2}, "eps must be in [0, 1], got 1.2"),
         ("ce", {"tau": 0.1}, "loss 'ce' takes parameters none, got unknown ['tau']"),
         ("pals_no_onehot", {"alpha": 0.5}, "got unknown ['alpha']"),

@@ -131,6 +131,6 @@ def test_typical_look_sets_how_often_a_class_wears_its_own_colour(tmp_path):
 
 @pytest.mark.parametrize("generate", [generate_cityscapes_like, generate_voc_like])
 def test_generator_rejects_a_typical_look_outside_0_1(tmp_path, generate):
-    with pytest.raises(ValueError, match="typical_look must be in"):
+    with pytest.raises(ValueError, match=r"typical_look must be a number in \[0, 1\], got 1.5"):
         generate(tmp_path / "x", n_train=2, n_val=1, height=32, width=32, seed=0, typical_look=1.5)
     assert not (tmp_path / "x").exists()

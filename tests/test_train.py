@@ -1,12 +1,15 @@
 """Training: seeded batches, kill-and-resume to identical weights, DDP on gloo with 2 processes."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
+from PIL import Image
 
 from conftest import ROOT, run_cli
 from paper_repro.train import SeededBatches
@@ -80,7 +83,36 @@ def test_checkpoint_of_other_parameters_is_not_resumed(tiny_workspace):
     changed = run_cli(tiny_workspace, "train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "0",
                       "--set", "train.lr=0.02")
     assert changed.returncode == 0, changed.stderr
-    assert "written with other parameters" in changed.stderr and "resuming" not in changed.stderr
+    assert "WARNING ignoring runs/tiny-streets/ce-50-0/checkpoint.pt: it was written with other parameters or data (train differ)" in changed.stderr
+    assert "resuming runs/" not in changed.stderr
+
+
+def test_resume_recognises_the_training_files_by_content(tiny_workspace):
+    args = ("train", "--dataset", "tiny-streets", "--method", "ls", "--fraction", "100", "--seed", "0")
+    first = run_cli(tiny_workspace, *args)
+    assert first.returncode == 0, first.stderr
+    expected = weights(tiny_workspace, "ls-100-0")
+
+    # the same files elsewhere with new modification times (a copy to another disk, a dvc checkout) resume
+    copy = tiny_workspace / "data" / "tiny-copy"
+    shutil.copytree(tiny_workspace / "data" / "tiny-streets", copy, copy_function=shutil.copyfile)
+    moved = run_cli(tiny_workspace, *args, "--set", "datasets.tiny-streets.root=data/tiny-copy")
+    assert moved.returncode == 0, moved.stderr
+    assert "resuming runs/tiny-streets/ls-100-0 from iteration 6" in moved.stderr and "WARNING" not in moved.stderr
+    actual = weights(tiny_workspace, "ls-100-0")
+    assert all(torch.equal(actual[name], expected[name]) for name in expected)
+
+    # one changed label pixel, with the file's modification time put back, starts afresh
+    label = sorted(copy.glob("gtFine/train/*/*_labelIds.png"))[0]
+    status = label.stat()
+    pixels = np.asarray(Image.open(label)).copy()
+    pixels[0, 0] = 7 if pixels[0, 0] != 7 else 8
+    Image.fromarray(pixels).save(label)
+    os.utime(label, ns=(status.st_atime_ns, status.st_mtime_ns))
+    changed = run_cli(tiny_workspace, *args, "--set", "datasets.tiny-streets.root=data/tiny-copy")
+    assert changed.returncode == 0, changed.stderr
+    assert "WARNING ignoring" in changed.stderr and "(files differ)" in changed.stderr
+    shutil.rmtree(copy)
 
 
 def test_loading_and_saving_settings_do_not_block_a_resume(tiny_workspace):

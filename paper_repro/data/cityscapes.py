@@ -1,4 +1,4 @@
-"""Cityscapes ``gtFine`` in its real layout (DESIGN.md section 3).
+"""Cityscapes ``gtFine`` in its real layout (docs/method.md, section 4).
 
 ``root/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png`` and
 ``root/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png``; file discovery and the
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torchvision.datasets import Cityscapes
 
+from .. import IGNORE_INDEX
 from .common import UNDEFINED, LabelledImages, label_lookup_table
 
-IGNORE_INDEX = 255
 CLASSES = [c.name for c in sorted(Cityscapes.classes, key=lambda c: c.train_id) if 0 <= c.train_id < IGNORE_INDEX]
 PALETTE = [c.color for c in sorted(Cityscapes.classes, key=lambda c: c.train_id) if 0 <= c.train_id < IGNORE_INDEX]
 NUM_CLASSES = len(CLASSES)  # 19
@@ -26,7 +26,7 @@ NUM_CLASSES = len(CLASSES)  # 19
 # license-plate id -1, which is ignored like every class outside the 19.
 LABEL_ID_TO_TRAIN_ID = {
     c.id: (c.train_id if 0 <= c.train_id < IGNORE_INDEX else IGNORE_INDEX) for c in Cityscapes.classes if c.id >= 0
-} | {255: IGNORE_INDEX}
+} | {255: IGNORE_INDEX}  # the license plate's stored id
 _LOOKUP = label_lookup_table(LABEL_ID_TO_TRAIN_ID)
 
 

@@ -27,7 +27,7 @@ class LabelledImages(Dataset):
     """Yields ``(image float [3, H, W], mask long [H, W])`` from listed image and label files.
 
     The label file is read as a single-channel PNG (grey or palette) and mapped through
-    ``lookup`` to train ids (255 = ignore). A label whose size differs from its image, a label
+    ``lookup`` to train ids (``IGNORE_INDEX`` = no class). A label whose size differs from its image, a label
     value the dataset does not define and a missing file are errors that name the file.
     ``transforms`` is called as ``transforms(tv_tensors.Image, tv_tensors.Mask)``.
     """
@@ -63,7 +63,7 @@ class LabelledImages(Dataset):
         return len(self.ids)
 
     def load_label(self, index: int, image_size: tuple[int, int] | None = None) -> np.ndarray:
-        """Train ids ``[H, W]`` (uint8, 255 = ignore) of sample ``index``, checked against its image.
+        """Train ids ``[H, W]`` (uint8, ``IGNORE_INDEX`` = no class) of sample ``index``, checked against its image.
 
         ``image_size`` (width, height) spares reopening an image the caller has already read.
         """

@@ -5,7 +5,7 @@ colour: every instance gets its own random texture (smooth noise, stripes, block
 speckle) in two colours that come from a class's typical colour only some of the time and
 from one distribution shared by all classes otherwise, under random lighting, shadows,
 sensor noise and blur. A network must therefore learn layout and silhouettes, which is what
-makes the amount of labelled data matter (DESIGN.md section 3).
+makes the amount of labelled data matter.
 
 * :func:`generate_cityscapes_like` writes a Cityscapes ``gtFine`` tree of perspective street
   scenes labelled with Cityscapes *label ids*: 14 of the 19 evaluation classes (road,
@@ -23,12 +23,14 @@ a pure function of its arguments.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from .. import IGNORE_INDEX
 from ..atomic import atomic_folder
 from .voc import save_palette_png, voc_root
 
@@ -41,7 +43,7 @@ STREET_TYPICAL_LOOK = 0.5
 OBJECT_TYPICAL_LOOK = 0.8
 TEXTURE_KINDS = ("smooth", "stripes", "blocks", "speckle")
 
-# Cityscapes label ids used by the street generator (DESIGN.md section 3).
+# Cityscapes label ids used by the street generator.
 EGO_VEHICLE, RECTIFICATION_BORDER, GROUND, STATIC = 1, 2, 6, 4
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = 7, 8, 11, 12, 13, 17
 TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY = 20, 21, 22, 23
@@ -416,7 +418,7 @@ def draw_object_scene(rng: np.random.Generator, height: int, width: int, classes
     band = max(3, 2 * round(min(height, width) / 160) + 1)  # about 1% of the image, as in VOC
     layer = Image.fromarray(canvas.labels)
     differs = np.asarray(layer.filter(ImageFilter.MaxFilter(band))) != np.asarray(layer.filter(ImageFilter.MinFilter(band)))
-    labels[differs] = 255
+    labels[differs] = IGNORE_INDEX
     return image, labels
 
 
@@ -425,12 +427,32 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, {"train": 0, "val": 1}[split], index])
 
 
-def _check_sizes(n_train: int, n_val: int, height: int, width: int, typical_look: float) -> None:
-    if not 0.0 <= typical_look <= 1.0:
-        raise ValueError(f"typical_look must be in [0, 1], got {typical_look!r}")
-    for name, value, least in (("n_train", n_train, 1), ("n_val", n_val, 1), ("height", height, 16), ("width", width, 16)):
-        if not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+SIZE_MINIMA = {"n_train": 1, "n_val": 1, "height": 16, "width": 16}  # the smallest tree the generators draw
+
+
+def check_arguments(generator, arguments: dict) -> None:
+    """Raise ``ValueError``, starting with the argument's name, if ``generator(root, **arguments)`` would refuse them."""
+    signature = inspect.signature(generator)
+    accepted = list(signature.parameters)[1:]  # after root
+    unknown = sorted(set(arguments) - set(accepted))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown argument (accepted: {', '.join(accepted)})")
+    values = {name: arguments.get(name, signature.parameters[name].default) for name in accepted}
+    for name, value in values.items():
+        if value is inspect.Parameter.empty:
+            raise ValueError(f"{name}: missing")
+    for name, least in SIZE_MINIMA.items():
+        if isinstance(values[name], bool) or not isinstance(values[name], int) or values[name] < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {values[name]!r}")
+    if isinstance(values["seed"], bool) or not isinstance(values["seed"], int):
+        raise ValueError(f"seed must be an integer, got {values['seed']!r}")
+    look = values["typical_look"]
+    if isinstance(look, bool) or not isinstance(look, (int, float)) or not 0.0 <= look <= 1.0:
+        raise ValueError(f"typical_look must be a number in [0, 1], got {look!r}")
+    if "classes" in values:
+        classes = values["classes"]
+        if not isinstance(classes, (list, tuple)) or not classes or not set(classes) <= set(VOC_SILHOUETTES):
+            raise ValueError(f"classes must be a non-empty list of VOC class indices in 1..20, got {classes!r}")
 
 
 def generate_cityscapes_like(root, n_train: int, n_val: int, height: int, width: int, seed: int,
@@ -441,7 +463,8 @@ def generate_cityscapes_like(root, n_train: int, n_val: int, height: int, width:
     Files: ``leftImg8bit/{split}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png`` and
     ``gtFine/{split}/{city}/..._gtFine_labelIds.png`` (grey PNG of Cityscapes label ids).
     """
-    _check_sizes(n_train, n_val, height, width, typical_look)
+    check_arguments(generate_cityscapes_like, dict(n_train=n_train, n_val=n_val, height=height, width=width, seed=seed,
+                                                   typical_look=typical_look))
 
     def write_tree(staging: Path) -> None:
         for split, count, cities in (("train", n_train, CITYSCAPES_TRAIN_CITIES), ("val", n_val, CITYSCAPES_VAL_CITIES)):
@@ -468,10 +491,9 @@ def generate_voc_like(root, n_train: int, n_val: int, height: int, width: int, s
     ``classes`` (VOC class indices in 1..20); labels keep the 21-class VOC indexing. Each object
     has its class's typical look with probability ``typical_look``.
     """
-    _check_sizes(n_train, n_val, height, width, typical_look)
+    check_arguments(generate_voc_like, dict(n_train=n_train, n_val=n_val, height=height, width=width, seed=seed, classes=classes,
+                                            typical_look=typical_look))
     classes = list(classes)
-    if not classes or not set(classes) <= set(VOC_SILHOUETTES):
-        raise ValueError(f"classes must be VOC class indices in 1..20, got {classes}")
 
     def write_tree(staging: Path) -> None:
         base = voc_root(staging)
@@ -494,5 +516,3 @@ def generate_voc_like(root, n_train: int, n_val: int, height: int, width: int, s
         write_tree(staging)
     return Path(root)
 
-
-GENERATORS = {"cityscapes": generate_cityscapes_like, "voc": generate_voc_like}  # by ``datasets.<name>.kind``

@@ -1,4 +1,4 @@
-"""Pascal VOC 2012 segmentation in its real layout (DESIGN.md section 3).
+"""Pascal VOC 2012 segmentation in its real layout (docs/method.md, section 4).
 
 ``root/VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png,
 ImageSets/Segmentation/{train,val}.txt}``, as the official tar extracts; file discovery comes
@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 from torchvision import datasets
 
+from .. import IGNORE_INDEX
 from .common import LabelledImages, label_lookup_table
 
-IGNORE_INDEX = 255
 CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",

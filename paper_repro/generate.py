@@ -1,0 +1,52 @@
+"""The ``generate`` stage: write the embedded benchmark's tree, or check a real dataset where it is.
+
+For a dataset with a ``generate:`` section the kind's generator writes the tree at the
+layout's data folder; a real dataset stays at its ``root`` and the stage records where it is
+and what it holds. Either way the stage writes the image counts of both splits and exports
+the first evaluation images and their labels for the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from PIL import Image
+
+from .atomic import atomic_folder, write_json
+from .config import ParamsError, dataset_params
+from .data import DATASET_KINDS, LabelledImages, open_dataset
+from .layout import Layout
+
+log = logging.getLogger(__name__)
+
+
+def generate(params: dict, dataset: str, layout: Layout = Layout()) -> dict:
+    """Write (or check) ``dataset``; returns the summary it records."""
+    spec = dataset_params(params, dataset)
+    folder = layout.data(dataset)
+    if spec.get("generate"):
+        if Path(spec["root"]) != folder:
+            raise ParamsError(f"datasets.{dataset}.root must be {folder} for a generated dataset, got {spec['root']}")
+        log.info("generating %s into %s", dataset, folder)
+        DATASET_KINDS[spec["kind"]].generator(folder, **spec["generate"])
+    splits = {split: len(open_dataset(spec, split)) for split in (spec["train_split"], spec["eval_split"])}
+    summary = {"dataset": dataset, "kind": spec["kind"], "root": spec["root"], "images": splits}
+    if not spec.get("generate"):  # a real dataset stays where it is; the stage records where and what
+        write_json(summary, folder / "source.json")
+    write_json(summary, layout.data_summary(dataset))
+    export_samples(open_dataset(spec, spec["eval_split"]), params["evaluate"]["figure_images"], dataset, layout)
+    log.info("%s: %s", dataset, json.dumps(splits))
+    return summary
+
+
+def export_samples(data: LabelledImages, count: int, dataset: str, layout: Layout) -> None:
+    """Copy the first ``count`` images (RGB PNG) and train-id labels of ``data`` for the figures."""
+    folder = layout.samples(dataset)
+    with atomic_folder(folder) as staging:
+        for index in range(min(count, len(data))):
+            image_path, label_path = (staging / path.name for path in layout.sample(dataset, data.ids[index]))
+            with Image.open(data.files[index][0]) as image:
+                image.convert("RGB").save(image_path)
+            Image.fromarray(data.load_label(index)).save(label_path)

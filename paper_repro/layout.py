@@ -1,0 +1,117 @@
+"""Where every stage reads and writes: the one owner of the study's file layout.
+
+Paths are relative to a repository root (``Layout(".")`` for the stages, which run at the
+root as ``dvc.yaml`` runs them; ``Layout("..")`` for the notebooks, which run in
+``notebooks/``). ``dvc.yaml`` declares the same paths, and ``tests/test_pipeline.py`` checks
+that it does. A run is one (dataset, method, label percent, seed) cell of the study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of the study matrix; ``name`` (``pals-10-0``) is its name inside its dataset, as in ``dvc.yaml``."""
+
+    dataset: str
+    method: str
+    percent: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.percent}-{self.seed}"
+
+
+def runs_of(params: dict, section: str = "study", methods: list[str] | None = None) -> list[Run]:
+    """Every run of ``params[section]`` (``study`` or ``ablation``), or of ``methods`` over its
+    datasets, fractions and seeds, in the section's order."""
+    grid = params[section]
+    return [Run(dataset, method, percent, seed) for dataset in grid["datasets"] for method in (methods or grid["methods"])
+            for percent in grid["fractions"] for seed in grid["seeds"]]
+
+
+class Layout:
+    """The study's files under ``root``."""
+
+    def __init__(self, root: str | Path = ".") -> None:
+        self.root = Path(root)
+        self.results = self.root / "results"
+
+    # generate
+    def data(self, dataset: str) -> Path:
+        """A generated dataset's tree, or a real one's ``source.json`` record."""
+        return self.root / "data" / dataset
+
+    def data_summary(self, dataset: str) -> Path:
+        return self.results / "data" / f"{dataset}.json"
+
+    def samples(self, dataset: str) -> Path:
+        """Images and train-id labels of the first evaluation ids, for the figures."""
+        return self.results / "samples" / dataset
+
+    def sample(self, dataset: str, image_id: str) -> tuple[Path, Path]:
+        """``(RGB image, train-id label)`` PNGs of one exported evaluation image, in ``samples(dataset)``."""
+        return self.samples(dataset) / f"{image_id}_image.png", self.samples(dataset) / f"{image_id}_label.png"
+
+    def sample_ids(self, dataset: str) -> list[str]:
+        """The ids of the exported evaluation images, sorted."""
+        return sorted(path.name.removesuffix("_image.png") for path in self.samples(dataset).glob("*_image.png"))
+
+    # subsets
+    def manifest(self, dataset: str, seed: int, percent: int) -> Path:
+        """The ids of one label fraction, one per line."""
+        return self.root / "subsets" / dataset / f"seed{seed}" / f"{percent}.txt"
+
+    def manifests(self, dataset: str) -> Path:
+        return self.root / "subsets" / dataset
+
+    def coverage(self, dataset: str) -> Path:
+        return self.results / "subsets" / f"{dataset}.csv"
+
+    # train
+    def run_dir(self, run: Run) -> Path:
+        """``checkpoint.pt`` (for resuming) and ``model.pt`` (the final weights)."""
+        return self.root / "runs" / run.dataset / run.name
+
+    def checkpoint(self, run: Run) -> Path:
+        return self.run_dir(run) / "checkpoint.pt"
+
+    def model(self, run: Run) -> Path:
+        return self.run_dir(run) / "model.pt"
+
+    def log(self, run: Run) -> Path:
+        """Per-iteration loss, learning rate and timings."""
+        return self.results / "logs" / run.dataset / f"{run.name}.csv"
+
+    # evaluate
+    def metrics(self, run: Run) -> Path:
+        return self.results / "metrics" / run.dataset / f"{run.name}.json"
+
+    def predictions(self, run: Run) -> Path:
+        """Predicted train-id PNGs of the figure images."""
+        return self.results / "predictions" / run.dataset / run.name
+
+    def prediction(self, run: Run, image_id: str) -> Path:
+        return self.predictions(run) / f"{image_id}.png"
+
+    # report, explain, notebooks, bench
+    def table(self, name: str) -> Path:
+        return self.results / "tables" / f"{name}.csv"
+
+    def explanation(self, dataset: str) -> Path:
+        return self.results / "explain" / f"{dataset}.npz"
+
+    def figure(self, notebook: str, name: str) -> Path:
+        return self.results / "figures" / notebook / f"{name}.png"
+
+    def bench(self, device_type: str) -> Path:
+        return self.results / "bench" / f"bench_{device_type}.json"
+
+    def bench_reports(self) -> dict[str, Path]:
+        """``{device type: path}`` of every benchmark report present."""
+        folder = self.results / "bench"
+        return {path.stem.removeprefix("bench_"): path for path in sorted(folder.glob("bench_*.json"))}
