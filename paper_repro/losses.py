@@ -1,8 +1,8 @@
-"""Training losses: cross-entropy, uniform label smoothing and PALS (DESIGN.md section 2).
+"""Training losses: cross-entropy, uniform label smoothing and PALS (docs/method.md, sections 1-2).
 
 Every loss here is a cross-entropy against a per-pixel target of the form
 
-    t_i = alpha * onehot(y_i) + (1 - alpha) * q_i                      (section 2, step 5)
+    t_i = alpha * onehot(y_i) + (1 - alpha) * q_i                      (step 5)
 
 and differs only in the smoothing distribution ``q`` and the weight ``alpha``:
 
@@ -17,7 +17,8 @@ name               alpha        q_i
 =================  ===========  ==============================================
 
 The loss is the mean over valid pixels (label != ignore_index) of
-``-sum_k t_ik log_softmax(z_i)_k`` (step 6).
+``-sum_k t_ik log_softmax(z_i)_k`` (step 6). Every ``q`` is built in float32, whatever the
+logits' dtype: the closed form of ``SoftTargetCrossEntropy`` relies on ``sum_k q_ik = 1``.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import IGNORE_INDEX
+
 __all__ = ["LOSSES", "aggregate_predictions", "teacher_probabilities", "build_loss", "SmoothedTargetLoss", "SoftTargetCrossEntropy"]
 
 
 def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: float, token_budget: int = 0) -> torch.Tensor:
-    """Pixel-wise aggregated distribution ``q = A p`` (section 2, steps 2-4, before upsampling).
+    """Pixel-wise aggregated distribution ``q = A p`` (docs/method.md, steps 2-4, before upsampling).
 
     ``f_i = F_i / ||F_i||`` (step 2), ``A_ij = softmax_j(<f_i, f_j> / tau)`` over the N = h*w
     pixels of each image (step 3) and ``q = A p`` (step 4) is attention with queries = keys = f
@@ -104,13 +107,13 @@ def pooled_size(height: int, width: int, token_budget: int) -> tuple[int, int]:
 
 
 def teacher_probabilities(logits: torch.Tensor, size: tuple[int, int], temperature: float) -> torch.Tensor:
-    """``p = softmax(downsample(z) / T)``, detached (section 2, step 1)."""
+    """``p = softmax(downsample(z) / T)``, detached (docs/method.md, step 1)."""
     small = F.interpolate(logits.detach().float(), size=size, mode="bilinear", align_corners=False)
     return torch.softmax(small / temperature, dim=1)
 
 
 class SmoothedTargetLoss(nn.Module):
-    """Cross-entropy against ``alpha * onehot(y) + (1 - alpha) * q`` (section 2, steps 5-6).
+    """Cross-entropy against ``alpha * onehot(y) + (1 - alpha) * q`` (docs/method.md, steps 5-6).
 
     ``smoothing`` is ``None`` for plain cross-entropy, ``"uniform"`` for ``q = 1/K``,
     ``"aggregated"`` for the PALS distribution and ``"image_mean"`` for the image-adaptive
@@ -122,7 +125,7 @@ class SmoothedTargetLoss(nn.Module):
         num_classes: int,
         alpha: float,
         smoothing: str | None,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         tau: float = 0.1,
         temperature: float = 1.0,
         token_budget: int = 0,
@@ -148,8 +151,8 @@ class SmoothedTargetLoss(nn.Module):
 
     def smoothing_distribution(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """``q`` at the logits' resolution, ``[B, K, H, W]`` or broadcastable to it (steps 1-4)."""
-        if self.smoothing == "uniform":
-            return logits.new_full((1, self.num_classes, 1, 1), 1.0 / self.num_classes)
+        if self.smoothing == "uniform":  # float32 even for half-precision logits: in bf16, 19 * (1/19) = 1.002
+            return torch.full((1, self.num_classes, 1, 1), 1.0 / self.num_classes, dtype=torch.float32, device=logits.device)
         probs = teacher_probabilities(logits, features.shape[-2:], self.temperature)
         if self.smoothing == "image_mean":
             return probs.mean(dim=(2, 3), keepdim=True)
@@ -187,7 +190,7 @@ def _pixel_dot(q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 class SoftTargetCrossEntropy(torch.autograd.Function):
     """Mean over valid pixels of ``-sum_k t_ik log softmax(z_i)_k`` with
-    ``t_i = alpha * onehot(y_i) + (1 - alpha) * q_i`` (section 2, steps 5-6), without building ``t``.
+    ``t_i = alpha * onehot(y_i) + (1 - alpha) * q_i`` (docs/method.md, steps 5-6), without building ``t``.
 
     Every ``q`` here is a distribution (``sum_k q_ik = 1``), so ``sum_k t_ik = 1`` and
 
@@ -264,15 +267,12 @@ LOSSES = {
 }
 
 
-def build_loss(name: str, num_classes: int, ignore_index: int = 255, **params) -> SmoothedTargetLoss:
+def build_loss(name: str, num_classes: int, ignore_index: int = IGNORE_INDEX, **params) -> SmoothedTargetLoss:
     """Build a loss by name; ``params`` are the method's own parameters (see the table above).
 
-    Defaults: ``eps = 0.1``; ``alpha = 0.5`` (one-hot and aggregated distributions added with
-    equal weight); ``T = 1``; ``tau = 0.1``: on L2-normalised features a cosine-similarity gap
-    of 0.23 already weighs a pixel e^2.3 = 10x more, so each pixel draws its target from
-    pixels with similar features rather than from the whole image (tau -> inf would give the
-    ``pals_uniform`` image mean), while no single pixel dominates. The ablation sweeps tau.
-    ``token_budget = 0``: no pooling before the aggregation (see ``aggregate_predictions``).
+    Defaults (docs/method.md, section 3 gives the reasons): ``eps = 0.1``, ``alpha = 0.5``,
+    ``T = 1``, ``tau = 0.1``; ``token_budget = 0``: no pooling before the aggregation (see
+    ``aggregate_predictions``).
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")

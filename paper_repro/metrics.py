@@ -1,12 +1,15 @@
 """Segmentation metrics: confusion matrix, IoU, mIoU, pixel accuracy and calibration (ECE).
 
 The confusion matrix is accumulated over a whole split and every score is derived from it,
-so a dataset's mIoU is computed once from the summed matrix, never averaged over images.
+so a dataset's mIoU is computed once from the summed matrix, never averaged over images; the
+mIoU follows the official Cityscapes convention (docs/method.md, section 6).
 """
 
 from __future__ import annotations
 
 import torch
+
+from . import IGNORE_INDEX
 
 __all__ = [
     "confusion_matrix",
@@ -19,7 +22,7 @@ __all__ = [
 ]
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """``[K, K]`` int64 counts, rows = ground truth, columns = prediction; ``ignore_index`` is skipped."""
     if pred.shape != target.shape:
         raise ValueError(f"pred shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
@@ -42,7 +45,8 @@ def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
 
 
 def mean_iou(cm: torch.Tensor) -> float:
-    """Mean of the per-class IoU over the classes where it is defined (not NaN)."""
+    """Mean of the per-class IoU over the classes where it is defined: a class absent from both the
+    ground truth and the prediction (NaN) is left out, one predicted but absent scores 0 and counts."""
     return torch.nanmean(iou_per_class(cm)).item()
 
 
@@ -51,7 +55,7 @@ def pixel_accuracy(cm: torch.Tensor) -> float:
     return (cm.diagonal().sum() / cm.sum().clamp(min=1)).item()
 
 
-def calibration_bins(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15, ignore_index: int = 255) -> torch.Tensor:
+def calibration_bins(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Per-bin ``[count, sum of confidence, number correct]`` as a ``[3, n_bins]`` float64 tensor.
 
     ``probs`` is ``[B, K, H, W]`` (softmax output), ``target`` ``[B, H, W]``. A pixel's
@@ -80,6 +84,6 @@ def ece_from_bins(bins: torch.Tensor) -> float:
     return ((correct_sum - confidence_sum).abs().sum() / total).item()
 
 
-def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15, ignore_index: int = 255) -> float:
+def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15, ignore_index: int = IGNORE_INDEX) -> float:
     """Expected calibration error over the valid pixels of ``probs`` ``[B, K, H, W]``."""
     return ece_from_bins(calibration_bins(probs, target, n_bins, ignore_index))

@@ -1,7 +1,7 @@
 """DeepLabV3+ segmentation networks that return logits and their penultimate decoder features.
 
 ``forward(x)`` returns ``{"out": logits [B, K, H, W] at input resolution, "feat": [B, D, H/4, W/4]}``;
-``feat`` is the decoder output just before the 1x1 classifier, the ``F`` of DESIGN.md section 2.
+``feat`` is the decoder output just before the 1x1 classifier, the ``F`` of docs/method.md, section 2.
 
 * ``deeplabv3plus_resnet101`` / ``deeplabv3plus_resnet50``: paper scale, torchvision ResNet
   with a dilated last stage (output stride 16), ASPP rates (6, 12, 18), 48-channel low-level

@@ -10,7 +10,7 @@ from paper_repro.data.cityscapes import CityscapesSegmentation, label_ids_to_tra
 from paper_repro.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 from paper_repro.data.voc import VOCSegmentation, save_palette_png
 
-# The official evaluation classes (DESIGN.md section 3): label id -> train id, in order.
+# The official evaluation classes (docs/method.md, section 4): label id -> train id, in order.
 OFFICIAL_TRAIN_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 OFFICIAL_NAMES = [
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",

@@ -1,4 +1,4 @@
-"""PALS and the baseline losses against independent expectations (DESIGN.md section 2)."""
+"""PALS and the baseline losses against independent expectations (docs/method.md, sections 1-2)."""
 
 import math
 
@@ -13,7 +13,7 @@ IGNORE = 255
 
 
 def naive_aggregate(features, probs, tau):
-    """Oracle: the materialised N x N affinity of section 2 steps 2-4, in float64."""
+    """Oracle: the materialised N x N affinity of docs/method.md, steps 2-4, in float64."""
     f = F.normalize(features.double().flatten(2), dim=1)  # [B, D, N]
     affinity = torch.softmax(torch.einsum("bdi,bdj->bij", f, f) / tau, dim=-1)
     return torch.einsum("bij,bkj->bki", affinity, probs.double().flatten(2)).reshape(probs.shape)
@@ -208,6 +208,28 @@ def test_ls_default_eps_is_0_1():
     logits, target, features = random_batch(4)
     expected = F.cross_entropy(logits, target, ignore_index=IGNORE, label_smoothing=0.1)
     torch.testing.assert_close(build_loss("ls", 5)(logits, target, features), expected)
+
+
+@pytest.mark.parametrize("name", ["ls", "pals", "pals_uniform"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_smoothing_distribution_is_float32_and_sums_to_one_for_half_precision_logits(name, dtype):
+    logits, target, features = random_batch(13, classes=19)
+    loss = build_loss(name, 19)
+    q = loss.smoothing_distribution(logits.to(dtype), features.to(dtype))
+    assert q.dtype == torch.float32
+    torch.testing.assert_close(q.sum(1), torch.ones_like(q.sum(1)), atol=1e-6, rtol=0)
+
+
+def test_ls_under_bfloat16_logits_matches_the_explicit_target_on_the_rounded_logits():
+    # bf16 logits are computed in float32 against the exact 1/K (in bf16, 19 * bf16(1/19) = 1.002)
+    logits, target, features = random_batch(14, classes=19)
+    logits = logits + 20  # the loss is shift-invariant; a sum of q that is not 1 is not
+    rounded = logits.bfloat16().double()
+    target_distribution = 0.9 * F.one_hot(target.clamp(max=18), 19).permute(0, 3, 1, 2).double() + 0.1 / 19
+    valid = target != IGNORE
+    expected = -(target_distribution * torch.log_softmax(rounded, 1)).sum(1)[valid].mean()
+    value = build_loss("ls", 19)(logits.bfloat16(), target, features)
+    torch.testing.assert_close(value.double(), expected, atol=1e-6, rtol=1e-6)
 
 
 def test_pals_uniform_smooths_towards_the_image_mean_prediction():

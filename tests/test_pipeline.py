@@ -1,0 +1,165 @@
+"""dvc.yaml against the code: every stage declares exactly the paper_repro files its command loads,
+and reads and writes where ``paper_repro.layout`` says."""
+
+import ast
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY_PARAMS
+from paper_repro.layout import Layout, Run
+
+PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+# A study of two runs, so that report and explain can run too.
+PARAMS = TINY_PARAMS | {"study": TINY_PARAMS["study"] | {"fractions": [50]}}
+DATASET = "tiny-streets"
+RUN = Run(DATASET, "pals", 50, 0)  # the explained run (TINY_PARAMS's explain section)
+ITEM = {"${item.dataset}": RUN.dataset, "${item.method}": RUN.method, "${item.fraction}": str(RUN.percent), "${item.seed}": str(RUN.seed),
+        "${explain.method}": RUN.method, "${explain.fraction}": str(RUN.percent), "${explain.seed}": str(RUN.seed)}
+
+# Writes the source file of every module loaded by a Python process, when it exits, to $LOADED_MODULES_LOG.
+SITECUSTOMIZE = """
+import atexit, os, sys
+
+def _write_loaded_modules():
+    with open(os.environ["LOADED_MODULES_LOG"], "a") as log:
+        for module in list(sys.modules.values()):
+            if getattr(module, "__file__", None):
+                log.write(module.__file__ + "\\n")
+
+if os.environ.get("LOADED_MODULES_LOG"):
+    atexit.register(_write_loaded_modules)
+"""
+
+
+def substitute(text: str, extra: dict | None = None) -> str:
+    for key, value in (ITEM | (extra or {})).items():
+        text = text.replace(key, value)
+    return text
+
+
+def code_files(paths) -> set[str]:
+    return {path for path in paths if path.startswith("paper_repro/")}
+
+
+def loaded_code(log: Path) -> set[str]:
+    package = ROOT / "paper_repro"
+    files = {Path(line).resolve() for line in log.read_text().splitlines()}
+    return {str(path.relative_to(ROOT)) for path in files if path.is_relative_to(package)}
+
+
+def run_logged(command: str, workspace: Path, log: Path, hook: Path) -> None:
+    env = os.environ | {"PYTHONPATH": f"{hook}{os.pathsep}{ROOT}", "LOADED_MODULES_LOG": str(log), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run(["bash", "-c", command], cwd=workspace, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def stage_runs(tmp_path_factory) -> tuple[Path, dict[str, set[str]]]:
+    """Run each stage's command as dvc.yaml spells it, in order, on the two-run study; what each loaded."""
+    workspace, hook = tmp_path_factory.mktemp("pipeline"), tmp_path_factory.mktemp("hook")
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    loaded = {}
+    for stage in ("generate", "subsets", "train", "evaluate", "report", "explain"):
+        log = workspace / f"{stage}.modules"
+        log.touch()
+        runs = [RUN] if stage in ("train", "evaluate") else [None]
+        if stage in ("train", "evaluate"):  # report needs every run of the study
+            runs = [Run(DATASET, method, 50, 0) for method in PARAMS["study"]["methods"]]
+        for run in runs:
+            extra = {"${item.method}": run.method} if run else {}
+            run_logged(substitute(PIPELINE[stage]["cmd"], extra), workspace, log, hook)
+        loaded[stage] = loaded_code(log)
+    return workspace, loaded
+
+
+@pytest.mark.parametrize("stage", ["generate", "subsets", "train", "evaluate", "report", "explain"])
+def test_stage_declares_exactly_the_code_its_command_loads(stage_runs, stage):
+    _, loaded = stage_runs
+    declared = code_files(PIPELINE[stage]["deps"])
+    assert sorted(loaded[stage] - declared) == [], f"{stage} loads code it does not declare"
+    assert sorted(declared - loaded[stage]) == [], f"{stage} declares code it does not load"
+
+
+def test_ablation_stages_run_the_study_stages_code():
+    for stage in ("train", "evaluate"):
+        assert PIPELINE[f"{stage}_ablation"]["cmd"] == PIPELINE[stage]["cmd"]
+        assert PIPELINE[f"{stage}_ablation"]["deps"] == PIPELINE[stage]["deps"]
+
+
+def notebook_imports(name: str) -> str:
+    """The notebook's ``paper_repro`` import statements."""
+    cells = json.loads((ROOT / "notebooks_src" / f"{name}.ipynb").read_text())["cells"]
+    source = "\n".join(line for cell in cells if cell["cell_type"] == "code"
+                       for line in "".join(cell["source"]).splitlines() if not line.startswith(("%", "!")))
+    imports = [node for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    return "; ".join(ast.unparse(node) for node in imports if "paper_repro" in ast.unparse(node))
+
+
+def test_notebook_stages_declare_exactly_the_code_the_notebooks_load(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    declared = code_files(PIPELINE["notebooks"]["do"]["deps"])
+    used = set()
+    for name in PIPELINE["notebooks"]["foreach"]:
+        log = tmp_path / f"{name}.modules"
+        log.touch()
+        run_logged(f"{sys.executable} -c {shlex.quote(notebook_imports(name))}", tmp_path, log, tmp_path)
+        loaded = loaded_code(log)
+        assert sorted(loaded - declared) == [], f"notebook {name} loads code the notebooks stage does not declare"
+        used |= loaded
+    assert sorted(declared - used) == [], "the notebooks stage declares code no notebook loads"
+
+
+def expected_outputs(stage: str, layout: Layout) -> set[Path]:
+    """Where the layout says each stage writes, for the test's run."""
+    dataset, run = RUN.dataset, RUN
+    return {
+        "generate": {layout.data(dataset), layout.data_summary(dataset), layout.samples(dataset)},
+        "subsets": {layout.manifests(dataset), layout.coverage(dataset)},
+        "train": {layout.run_dir(run), layout.log(run)},
+        "evaluate": {layout.predictions(run), layout.metrics(run)},
+        "report": {layout.table("main").parent},
+        "explain": {layout.explanation(dataset)},
+    }[stage]
+
+
+def declared_outputs(spec: dict) -> set[Path]:
+    paths = set()
+    for key in ("outs", "metrics", "plots"):
+        for entry in spec.get(key, []):
+            paths.add(Path(substitute(next(iter(entry)) if isinstance(entry, dict) else entry)))
+    return paths
+
+
+@pytest.mark.parametrize("stage", ["generate", "subsets", "train", "evaluate", "report", "explain"])
+def test_stage_outputs_are_the_layouts_and_are_written_there(stage_runs, stage):
+    workspace, _ = stage_runs
+    expected = expected_outputs(stage, Layout("."))
+    assert declared_outputs(PIPELINE[stage]) == expected
+    for path in expected:
+        assert (workspace / path).exists(), f"{stage} did not write {path}"
+
+
+def test_stage_inputs_are_the_layouts():
+    layout = Layout(".")
+    deps = {stage: {Path(substitute(d)) for d in PIPELINE[stage]["deps"] if not d.startswith("paper_repro/")}
+            for stage in ("subsets", "train", "evaluate", "report", "explain")}
+    assert deps["subsets"] == {layout.data(DATASET)}
+    assert deps["train"] == {layout.data(DATASET), layout.manifest(DATASET, RUN.seed, RUN.percent)}
+    assert deps["evaluate"] == {layout.data(DATASET), layout.run_dir(RUN)}
+    assert deps["report"] == {layout.metrics(RUN).parent.parent}
+    assert deps["explain"] == {layout.data(DATASET), layout.run_dir(RUN)}
+    notebook = PIPELINE["notebooks"]["do"]
+    outputs = {Path(substitute(next(iter(entry)), {"${item}": "02_main_results"})) for entry in notebook["outs"]}
+    assert layout.figure("02_main_results", "any").parent in outputs
+    inputs = {Path(d) for d in notebook["deps"] if not d.startswith(("paper_repro/", "notebooks_src/", "params.yaml"))}
+    assert inputs == {layout.data_summary(DATASET).parent, layout.samples(DATASET).parent, layout.coverage(DATASET).parent,
+                      layout.table("main").parent, layout.metrics(RUN).parent.parent, layout.predictions(RUN).parent.parent,
+                      layout.explanation(DATASET).parent, layout.bench("cpu").parent}
