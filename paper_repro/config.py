@@ -16,6 +16,10 @@ from typing import Any
 import yaml
 
 
+BASELINE = "ce"  # the study's baseline: every difference is measured against it
+ABLATED = "pals"  # the method the ablation's variants vary
+
+
 class ParamsError(ValueError):
     """A parameter file or override that cannot be used; the message names the key."""
 
@@ -126,8 +130,8 @@ class Validator:
         self.get("methods", lambda v: isinstance(v, dict) and len(v) > 0, "a mapping of method names to loss settings")
         self.names("study.datasets", self.params["datasets"], "datasets")
         methods = self.names("study.methods", self.params["methods"], "methods")
-        if "ce" not in methods:
-            self.fail(f"study.methods must include ce, the baseline every difference is measured against, got {methods}")
+        if BASELINE not in methods:
+            self.fail(f"study.methods must include {BASELINE}, the baseline every difference is measured against, got {methods}")
         self.get("study.fractions", lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(p) and 0 < p <= 100 for p in v),
                  "a non-empty list of integer percents in (0, 100]")
         self.get("study.seeds", lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(s) for s in v),
@@ -179,7 +183,8 @@ class Validator:
 
         self.get("model.name", lambda v: v in MODELS, f"one of {', '.join(MODELS)}")
         self.get("model.pretrained_backbone", lambda v: isinstance(v, bool), "true or false")
-        positive_int, positive, non_negative = (lambda v: _is_int(v) and v > 0), (lambda v: _is_number(v) and v > 0), (lambda v: _is_number(v) and v >= 0)
+        positive_int = lambda v: _is_int(v) and v > 0  # noqa: E731
+        positive, non_negative = (lambda v: _is_number(v) and v > 0), (lambda v: _is_number(v) and v >= 0)
         self.get("train.iterations", positive_int, "a positive integer")
         self.get("train.batch_size", positive_int, "a positive integer")
         self.get("train.lr", positive, "a positive number")
@@ -201,8 +206,8 @@ class Validator:
         for key, known in (("datasets", study["datasets"]), ("fractions", study["fractions"]), ("seeds", study["seeds"])):
             self.names(f"ablation.{key}", known, f"study.{key}")
         methods = self.names("ablation.methods", self.params["methods"], "methods")
-        if "pals" not in study["methods"]:
-            self.fail("the ablation compares its variants with the study's pals runs: study.methods must include pals")
+        if ABLATED not in study["methods"]:
+            self.fail(f"the ablation compares its variants with the study's {ABLATED} runs: study.methods must include {ABLATED}")
         repeated = sorted(set(methods) & set(study["methods"]))
         if repeated:
             self.fail(f"ablation.methods names {repeated}, which the study already runs; list only the variants")
@@ -218,25 +223,20 @@ class Validator:
             self.fail(f"explain.method must be a method with the PALS aggregation (loss pals or pals_no_onehot), got {method!r}")
 
     def bench(self) -> None:
-        positive_int = lambda v: _is_int(v) and v > 0  # noqa: E731
+        from .models import MODELS
+
         for key in ("naive_max_tokens", "dim", "batch", "repeats", "step_repeats", "loader_batches"):
-            self.get(f"bench.{key}", positive_int, "a positive integer")
+            self.get(f"bench.{key}", lambda v: _is_int(v) and v > 0, "a positive integer")
         self.get("bench.token_budget", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
         for key in ("tokens", "classes", "models"):
             self.get(f"bench.{key}", lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list")
         self.names("bench.loader_datasets", self.params["datasets"], "datasets")
         for index, entry in enumerate(self.params["bench"]["models"]):
             prefix = f"bench.models[{index}]"
-            if not isinstance(entry, dict) or entry.get("name") not in self._models():
-                self.fail(f"{prefix} must name a model ({', '.join(self._models())}), got {entry!r}")
+            if not isinstance(entry, dict) or entry.get("name") not in MODELS:
+                self.fail(f"{prefix} must name a model ({', '.join(MODELS)}), got {entry!r}")
             if "dataset" in entry:
                 if entry["dataset"] not in self.params["datasets"]:
                     self.fail(f"{prefix}.dataset names {entry['dataset']!r}, which is not under datasets")
             elif not all(key in entry for key in ("size", "batch", "classes")):
                 self.fail(f"{prefix} must give a dataset, or size, batch and classes, got {entry!r}")
-
-    @staticmethod
-    def _models() -> list[str]:
-        from .models import MODELS
-
-        return list(MODELS)

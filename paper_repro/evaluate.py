@@ -12,7 +12,6 @@ the predicted labels of a fixed list of evaluation images (the first
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch

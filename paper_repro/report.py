@@ -14,11 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import write_table
+from .config import ABLATED, BASELINE
 from .layout import Layout, Run, runs_of
 
 log = logging.getLogger(__name__)
 GROUP = ["dataset", "method", "percent"]
-BASELINE = "ce"  # every difference is measured against it; the parameters' validation requires it in the study
 
 
 def load_runs(runs: list[Run], layout: Layout) -> pd.DataFrame:
@@ -66,7 +66,7 @@ def report(params: dict, layout: Layout = Layout()) -> dict[str, Path]:
         "per_class": per_class(runs),
     }
     if "ablation" in params:  # the ablation's variants beside the study's ce and pals runs of the same fractions and seeds
-        methods = [BASELINE, "pals", *params["ablation"]["methods"]]
+        methods = [BASELINE, ABLATED, *params["ablation"]["methods"]]
         ablation = load_runs(runs_of(params, "ablation", methods), layout)
         tables["ablation"] = summarise(ablation, "miou").merge(summarise(ablation, "ece").drop(columns="n"), on=GROUP)
     paths = {}

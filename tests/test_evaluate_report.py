@@ -66,6 +66,12 @@ def test_summary_statistics_by_hand():
     assert table.loc[("pals", 100), "n"] == 1 and np.isnan(table.loc[("pals", 100), "miou_std"])
 
 
+def test_summary_without_the_baseline_is_an_error_not_nan_deltas():
+    runs = pd.DataFrame({"dataset": ["d", "d"], "method": ["ls", "pals"], "percent": [10, 10], "seed": [0, 0], "miou": [40.0, 41.0]})
+    with pytest.raises(ValueError, match="no ce baseline"):
+        summarise(runs, "miou")
+
+
 def test_query_pixels_are_central_pixels_of_the_largest_classes():
     label = np.full((6, 8), 255, dtype=np.uint8)
     label[:, :5] = 3  # largest region: columns 0-4, centroid (2.5, 2)
