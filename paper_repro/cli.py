@@ -19,12 +19,14 @@ import logging
 import sys
 from typing import NamedTuple
 
+from .atomic import WriteError
 from .config import ParamsError, dataset_params, load_params, method_params
 
 class Stage(NamedTuple):
     module: str  # paper_repro.<module> holds the stage's work
     entry: str  # its entry function, called as entry(params, **target)
-    target: str | None  # what it works on: "dataset" (entry(params, dataset=...)), "run" (entry(params, run=Run(...))) or nothing
+    target: str | None  # what it works on: "dataset" (entry(params, dataset=...)), "run" (entry(params, run=Run(...))),
+    # "notebook" (entry(params, name=...)) or nothing
     help: str
 
 
@@ -35,6 +37,7 @@ STAGES = {
     "evaluate": Stage("evaluate", "evaluate", "run", "evaluate one trained run on the full-resolution evaluation split"),
     "report": Stage("report", "report", None, "summarise all runs into tables (mean, std, n, delta vs ce)"),
     "explain": Stage("explain", "explain", "dataset", "save the affinity maps and targets of the run named by explain: at a few pixels of one image"),
+    "notebook": Stage("notebook", "execute", "notebook", "execute one notebook of notebooks_src/ into notebooks/, written only once every cell has run"),
     "bench": Stage("bench", "bench", None, "time and measure the memory of PALS aggregation (naive vs fused) and ce/ls/pals training steps"),
 }
 
@@ -59,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a parameter, e.g. --set train.iterations=50 (repeatable)")
         if stage.target in ("dataset", "run"):
             sub.add_argument("--dataset", required=True, help="a dataset name under `datasets:` in the parameters")
+        if stage.target == "notebook":
+            sub.add_argument("--name", required=True, help="a notebook of notebooks_src/, without .ipynb")
         if stage.target == "run":
             sub.add_argument("--method", required=True, help="a method name under `methods:` (ce, ls, pals, ...)")
             sub.add_argument("--fraction", required=True, type=percent, help="labelled fraction as an integer percent: 10, 30, 50, 100")
@@ -73,11 +78,18 @@ def stage_arguments(params: dict, args: argparse.Namespace) -> dict:
     target = STAGES[args.stage].target
     if target is None:
         return {}
+    if target == "notebook":
+        return {"name": args.name}
     dataset_params(params, args.dataset)
     if target == "dataset":
         return {"dataset": args.dataset}
     method_params(params, args.method)
     return {"run": Run(args.dataset, args.method, args.fraction, args.seed)}
+
+
+# What a user or the machine can cause: a one-line error and exit status 2, never a traceback.
+# (ParamsError, DataError, CheckpointError and RunInUse are ValueErrors, WriteError an OSError.)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, PermissionError, FloatingPointError, WriteError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,9 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ParamsError(f"{args.params}: no bench: section (see params.yaml)")
         entry = getattr(importlib.import_module(f"{__package__}.{stage.module}"), stage.entry)
         entry(params, **stage_arguments(params, args))
-    except (ParamsError, FileNotFoundError, KeyError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        again = "resume from the last checkpoint" if args.stage == "train" else "start the stage again"
+        print(f"interrupted: nothing half-written was kept; run the same command again to {again}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        # an error raised in a data-loading worker arrives with the worker's traceback: its last line is the error
+        print(f"error: {str(message).strip().splitlines()[-1]}", file=sys.stderr)
         return 2
     return 0
 

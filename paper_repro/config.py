@@ -10,6 +10,7 @@ check asks that code.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,19 @@ ABLATED = "pals"  # the method the ablation's variants vary
 
 class ParamsError(ValueError):
     """A parameter file or override that cannot be used; the message names the key."""
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """YAML as people write numbers: ``1e-3``, ``5e-4`` and ``1e9`` are floats (YAML 1.1, PyYAML's
+    default, reads a float without a dot as text; YAML 1.2, which DVC reads, as a float)."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 (a SafeLoader)
 
 
 def apply_override(params: dict, assignment: str) -> None:
@@ -37,7 +51,10 @@ def apply_override(params: dict, assignment: str) -> None:
         node = node[part]
     if parts[-1] not in node:
         raise ParamsError(f"--set {key}: unknown parameter (known here: {', '.join(node)})")
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = parse_yaml(raw)
+    except yaml.YAMLError as error:
+        raise ParamsError(f"--set {key}: the value is not valid YAML ({error})") from error
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -46,7 +63,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
     if not path.is_file():
         raise ParamsError(f"parameter file {path} does not exist")
     try:
-        params = yaml.safe_load(path.read_text())
+        params = parse_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(params, dict):

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .atomic import atomic_folder, write_json
+from .checkpoint import MODEL_KEYS, CheckpointError, load_checkpoint
 from .config import dataset_params
 from .data import class_names, open_dataset
 from .data.transforms import eval_transforms
@@ -35,7 +36,11 @@ def load_trained_model(params: dict, run: Run, layout: Layout, device: torch.dev
     if not path.is_file():
         raise FileNotFoundError(f"missing trained model {path}; run the train stage first")
     model = build_model(params["model"]["name"], dataset_params(params, run.dataset)["num_classes"])
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=False)["model"])
+    weights = load_checkpoint(path, MODEL_KEYS, device)["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:  # other shapes or names: another model or class count
+        raise CheckpointError(f"{path}: its weights do not fit model.name {params['model']['name']} with {model.classifier.out_channels} classes") from error
     return model.to(device, memory_format=torch.channels_last).eval()
 
 
@@ -54,6 +59,9 @@ def evaluate(params: dict, run: Run, layout: Layout = Layout()) -> dict:
     num_classes = spec["num_classes"]
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     bins = torch.zeros(3, n_bins, dtype=torch.float64, device=device)
+    # Predictions and metrics are committed together: the old metrics go first, the new ones come
+    # last, so an interruption leaves no metrics (the stage reruns), never new predictions beside old metrics.
+    metrics_path.unlink(missing_ok=True)
     with atomic_folder(predictions_dir) as staging:
         for index in tqdm(range(len(data)), desc=f"evaluate {run.dataset} {run.name}", leave=False):
             image, mask = data[index]

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from . import IGNORE_INDEX
 from .atomic import save_npz
@@ -70,8 +69,7 @@ def explain(params: dict, dataset: str, layout: Layout = Layout()) -> Path:
         fy, fx = min(int(y * height / label.shape[0]), height - 1), min(int(x * width / label.shape[1]), width - 1)
         affinities.append(torch.softmax(keys[:, fy * width + fx] @ keys / explained.tau, dim=0).reshape(height, width).numpy())
     targets = np.array([[per_pixel[method][:, y, x].double().numpy() for y, x in pixels] for method in methods])
-    with Image.open(data.files[0][0]) as picture:
-        raw = np.asarray(picture.convert("RGB"))
+    raw = data.read_rgb(0)
     output_path = layout.explanation(dataset)
     save_npz(output_path, image=raw, label=label, pixels=np.array(pixels), affinity=np.array(affinities),
              methods=np.array(methods), targets=targets, settings=np.array([repr(params["methods"][m]) for m in methods]),

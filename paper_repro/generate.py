@@ -35,18 +35,18 @@ def generate(params: dict, dataset: str, layout: Layout = Layout()) -> dict:
     summary = {"dataset": dataset, "kind": spec["kind"], "root": spec["root"], "images": splits}
     if not spec.get("generate"):  # a real dataset stays where it is; the stage records where and what
         write_json(summary, folder / "source.json")
-    write_json(summary, layout.data_summary(dataset))
-    export_samples(open_dataset(spec, spec["eval_split"]), params["evaluate"]["figure_images"], dataset, layout)
+    samples = export_samples(open_dataset(spec, spec["eval_split"]), params["evaluate"]["figure_images"], dataset, layout)
+    write_json(summary | {"samples": samples}, layout.data_summary(dataset))
     log.info("%s: %s", dataset, json.dumps(splits))
     return summary
 
 
-def export_samples(data: LabelledImages, count: int, dataset: str, layout: Layout) -> None:
-    """Copy the first ``count`` images (RGB PNG) and train-id labels of ``data`` for the figures."""
-    folder = layout.samples(dataset)
-    with atomic_folder(folder) as staging:
-        for index in range(min(count, len(data))):
-            image_path, label_path = (staging / path.name for path in layout.sample(dataset, data.ids[index]))
-            with Image.open(data.files[index][0]) as image:
-                image.convert("RGB").save(image_path)
+def export_samples(data: LabelledImages, count: int, dataset: str, layout: Layout) -> list[str]:
+    """Copy the first ``count`` images (RGB PNG) and train-id labels of ``data`` for the figures; returns their ids."""
+    ids = data.ids[:count]
+    with atomic_folder(layout.samples(dataset)) as staging:
+        for index, image_id in enumerate(ids):
+            image_path, label_path = (staging / path.name for path in layout.sample(dataset, image_id))
+            Image.fromarray(data.read_rgb(index)).save(image_path)
             Image.fromarray(data.load_label(index)).save(label_path)
+    return ids

@@ -47,6 +47,7 @@ class Layout:
         return self.root / "data" / dataset
 
     def data_summary(self, dataset: str) -> Path:
+        """Image counts per split and the ids of the exported samples."""
         return self.results / "data" / f"{dataset}.json"
 
     def samples(self, dataset: str) -> Path:
@@ -54,12 +55,8 @@ class Layout:
         return self.results / "samples" / dataset
 
     def sample(self, dataset: str, image_id: str) -> tuple[Path, Path]:
-        """``(RGB image, train-id label)`` PNGs of one exported evaluation image, in ``samples(dataset)``."""
+        """``(RGB image, train-id label)`` PNGs of one exported evaluation image (the data summary lists their ids)."""
         return self.samples(dataset) / f"{image_id}_image.png", self.samples(dataset) / f"{image_id}_label.png"
-
-    def sample_ids(self, dataset: str) -> list[str]:
-        """The ids of the exported evaluation images, sorted."""
-        return sorted(path.name.removesuffix("_image.png") for path in self.samples(dataset).glob("*_image.png"))
 
     # subsets
     def manifest(self, dataset: str, seed: int, percent: int) -> Path:
@@ -83,6 +80,10 @@ class Layout:
     def model(self, run: Run) -> Path:
         return self.run_dir(run) / "model.pt"
 
+    def run_lock(self, run: Run) -> Path:
+        """Held while the run trains; beside the run folder, so that it is no part of the run's output."""
+        return self.run_dir(run).with_name(f".{run.name}.lock")
+
     def log(self, run: Run) -> Path:
         """Per-iteration loss, learning rate and timings."""
         return self.results / "logs" / run.dataset / f"{run.name}.csv"
@@ -105,6 +106,13 @@ class Layout:
     def explanation(self, dataset: str) -> Path:
         return self.results / "explain" / f"{dataset}.npz"
 
+    def notebook_source(self, notebook: str) -> Path:
+        return self.root / "notebooks_src" / f"{notebook}.ipynb"
+
+    def notebook(self, notebook: str) -> Path:
+        """The executed notebook (its kernel runs in this folder)."""
+        return self.root / "notebooks" / f"{notebook}.ipynb"
+
     def figure(self, notebook: str, name: str) -> Path:
         return self.results / "figures" / notebook / f"{name}.png"
 
@@ -114,4 +122,5 @@ class Layout:
     def bench_reports(self) -> dict[str, Path]:
         """``{device type: path}`` of every benchmark report present."""
         folder = self.results / "bench"
-        return {path.stem.removeprefix("bench_"): path for path in sorted(folder.glob("bench_*.json"))}
+        reports = {path.stem.removeprefix("bench_"): path for path in sorted(folder.glob("bench_*.json"))}
+        return {device: path for device, path in reports.items() if device.isalpha()}  # not a stray bench_cpu (1).json

@@ -1,6 +1,11 @@
-"""The first cell of every notebook: inline figures, display settings, the parameters the
-pipeline ran with (and their md5, to compare with ``md5sum params.yaml``) and the layout of
-what it wrote."""
+"""The ``notebook`` stage, and the first cell of every notebook.
+
+:func:`execute` runs one notebook source (``notebooks_src/``) with papermill and writes the
+executed notebook only once every cell has run: an interrupted or failing execution leaves the
+previous notebook in place, never a half-executed one. :func:`setup` is the notebooks' first
+cell: inline figures, display settings, the parameters the pipeline ran with (and their md5,
+to compare with ``md5sum params.yaml``) and the layout of what it wrote.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from .atomic import write_text
+from .config import parse_yaml
 from .layout import Layout
 
 
@@ -26,7 +32,7 @@ def setup(root: str | Path = "..", params_file: str | Path | None = None, sectio
         pass
     pd.set_option("display.precision", 2)
     params_file = Path(params_file) if params_file is not None else Path(root) / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
+    params = parse_yaml(params_file.read_text())
     print("params file md5:", hashlib.md5(params_file.read_bytes()).hexdigest(), "(compare: md5sum params.yaml)")
     print("study:", json.dumps(params["study"]))
     train = params["train"]
@@ -35,3 +41,29 @@ def setup(root: str | Path = "..", params_file: str | Path | None = None, sectio
     for section in sections:
         print(f"{section}:", json.dumps(params[section]))
     return params, Layout(root)
+
+
+class NotebookError(ValueError):
+    """A notebook that cannot be executed or whose execution failed; the message names it."""
+
+
+def execute(params: dict, name: str, layout: Layout = Layout()) -> Path:
+    """Execute the notebook source ``name`` (kernel ``python3``, working directory ``notebooks/``) and
+    write it executed; returns its path."""
+    import warnings
+
+    import nbformat
+    import papermill
+
+    source, target = layout.notebook_source(name), layout.notebook(name)
+    if not source.is_file():
+        raise NotebookError(f"no notebook source {source}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            executed = papermill.execute_notebook(str(source), None, kernel_name="python3", cwd=str(target.parent), progress_bar=False)
+        except papermill.PapermillExecutionError as error:
+            raise NotebookError(f"{source}: cell {error.cell_index} raised {error.ename}: {error.evalue}") from error
+    executed.metadata.papermill.output_path = str(target)
+    write_text(nbformat.writes(executed) + "\n", target)
+    return target

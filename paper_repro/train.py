@@ -19,13 +19,16 @@ of ``B * world_size``. On CUDA, ``train.amp`` selects bf16 or fp16 autocast.
 
 from __future__ import annotations
 
+import csv
 import ctypes
+import fcntl
 import hashlib
 import logging
 import os
 import platform
-import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .atomic import save_torch, write_rows
+from .checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, restore_rng_states, rng_states, seed_everything
 from .config import dataset_params, method_loss, method_params
 from .data import open_dataset
 from .data.transforms import train_transforms
@@ -44,6 +48,11 @@ from .subsets import read_manifest
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = ("iteration", "loss", "lr", "data_seconds", "step_seconds")
+TIMING_FIELDS = ("data_seconds", "step_seconds")  # in the CSV log only: the checkpoint holds what defines the weights
+
+
+class RunInUse(ValueError):
+    """Another process is training the same run."""
 
 
 def derived_seed(seed: int, purpose: int, counter: int) -> int:
@@ -126,21 +135,6 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def rng_states() -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or amp == "off":
         return None
@@ -199,6 +193,61 @@ def run_config(params: dict, run: Run, data) -> dict:
     }
 
 
+@contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (released when the process ends, however it ends)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunInUse(f"{path.parent / path.name.removeprefix('.').removesuffix('.lock')} is being trained by {holder} "
+                           f"(lock {path}); wait for it to finish or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+
+
+def usable_checkpoint(path: Path, config: dict, device: torch.device, move_aside: bool) -> dict | None:
+    """The checkpoint at ``path`` if it resumes this run; ``None`` (with a warning saying why) otherwise.
+
+    A file that is not a checkpoint of this project never blocks a run: it is moved aside to
+    ``<name>.corrupt`` (``move_aside``) and the run starts afresh.
+    """
+    if not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path, RESUME_KEYS, device)
+    except CheckpointError as error:
+        if move_aside:
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            log.warning("%s; moved it to %s and training from iteration 0", error, aside)
+        return None
+    if state["config"] != config:
+        changed = sorted(key for key in config if state["config"].get(key) != config[key]) if isinstance(state["config"], dict) else ["config"]
+        log.warning("ignoring %s: it was written with other parameters or data (%s differ); training from iteration 0", path, ", ".join(changed))
+        return None
+    return state
+
+
+def with_logged_timings(rows: list[dict], log_path: Path) -> list[dict]:
+    """The checkpoint's log rows with the timings the CSV log recorded for them (blank where it has none)."""
+    logged = {}
+    if log_path.is_file():
+        with open(log_path, newline="") as handle:
+            logged = {int(row["iteration"]): row for row in csv.DictReader(handle)}
+    return [row | {field: logged.get(row["iteration"], {}).get(field, "") for field in TIMING_FIELDS} for row in rows]
+
+
 def build_optimisation(model: torch.nn.Module, settings: dict, dtype: torch.dtype | None, device: torch.device):
     """``(optimizer, scheduler, scaler)``: SGD with momentum and weight decay, polynomial decay of the
     learning rate over ``settings["iterations"]``, and a gradient scaler that is active under fp16 only."""
@@ -224,8 +273,19 @@ def training_step(model, criterion, optimizer, scheduler, scaler, images, masks,
 
 
 def train(params: dict, run: Run, layout: Layout = Layout()) -> Path:
-    """Train one run into its run folder (``checkpoint.pt``, ``model.pt``) and write its CSV log; returns ``model.pt``."""
+    """Train one run into its run folder (``checkpoint.pt``, ``model.pt``) and write its CSV log; returns ``model.pt``.
+
+    Rank 0 holds the run's lock (``Layout.run_lock``) throughout: a second training of the same
+    run fails at once, naming the process that holds it.
+    """
     rank, world, device = setup_distributed()
+    if rank > 0:
+        return train_unlocked(params, run, layout, rank, world, device)
+    with run_lock(layout.run_lock(run)):
+        return train_unlocked(params, run, layout, rank, world, device)
+
+
+def train_unlocked(params: dict, run: Run, layout: Layout, rank: int, world: int, device: torch.device) -> Path:
     keep_freed_memory()
     spec = dataset_params(params, run.dataset)
     settings = params["train"]
@@ -233,7 +293,7 @@ def train(params: dict, run: Run, layout: Layout = Layout()) -> Path:
     data = open_training_data(params, run.dataset, read_manifest(layout.manifest(run.dataset, run.seed, run.percent)))
     config = run_config(params, run, data)
 
-    torch.manual_seed(run.seed)
+    seed_everything(run.seed)
     model = build_model(params["model"]["name"], spec["num_classes"], params["model"]["pretrained_backbone"])
     model = model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU alike
     if world > 1:
@@ -247,20 +307,15 @@ def train(params: dict, run: Run, layout: Layout = Layout()) -> Path:
 
     checkpoint_path, log_path = layout.checkpoint(run), layout.log(run)
     start, rows = 0, []
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["config"] == config:
-            bare_model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            restore_rng_states(state["rng"])
-            start, rows = state["iteration"], state["log"]
-            log.info("resuming %s from iteration %d", layout.run_dir(run), start)
-        else:
-            changed = sorted(key for key in config if state["config"].get(key) != config[key])
-            log.warning("ignoring %s: it was written with other parameters or data (%s differ); training from iteration 0",
-                        checkpoint_path, ", ".join(changed))
+    state = usable_checkpoint(checkpoint_path, config, device, move_aside=rank == 0)
+    if state is not None:
+        bare_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_states(state["rng"])
+        start, rows = state["iteration"], with_logged_timings(state["log"], log_path)
+        log.info("resuming %s from iteration %d", layout.run_dir(run), start)
     total = settings["iterations"]
     log.info("training %s %s %d%% seed %d: %d images, %d iterations of batch %d x %d process(es) on %s",
              run.dataset, run.method, run.percent, run.seed, len(data), total, settings["batch_size"], world, device)
@@ -285,7 +340,8 @@ def train(params: dict, run: Run, layout: Layout = Layout()) -> Path:
         done = iteration + 1
         if rank == 0 and (done % settings["checkpoint_every"] == 0 or done == total):
             save_torch({
-                "config": config, "iteration": done, "log": rows, "model": bare_model.state_dict(),
+                "config": config, "iteration": done, "model": bare_model.state_dict(),
+                "log": [{key: value for key, value in row.items() if key not in TIMING_FIELDS} for row in rows],
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng_states(),
             }, checkpoint_path)

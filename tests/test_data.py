@@ -7,6 +7,7 @@ from PIL import Image
 
 from paper_repro.data import cityscapes, voc
 from paper_repro.data.cityscapes import CityscapesSegmentation, label_ids_to_train_ids
+from paper_repro.data.common import DataError
 from paper_repro.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 from paper_repro.data.voc import VOCSegmentation, save_palette_png
 
@@ -229,5 +230,5 @@ def test_keep_decoded_reads_each_file_once_and_yields_the_same_samples(tmp_path)
         torch.manual_seed(index)
         again = cached[index]
         assert torch.equal(again[0], first[index][0]) and torch.equal(again[1], first[index][1])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match=f"{paths[0][1]}: cannot read the image"):
         plain[0]

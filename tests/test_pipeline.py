@@ -1,12 +1,9 @@
 """dvc.yaml against the code: every stage declares exactly the paper_repro files its command loads,
 and reads and writes where ``paper_repro.layout`` says."""
 
-import ast
-import json
 import os
-import shlex
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -94,26 +91,26 @@ def test_ablation_stages_run_the_study_stages_code():
         assert PIPELINE[f"{stage}_ablation"]["deps"] == PIPELINE[stage]["deps"]
 
 
-def notebook_imports(name: str) -> str:
-    """The notebook's ``paper_repro`` import statements."""
-    cells = json.loads((ROOT / "notebooks_src" / f"{name}.ipynb").read_text())["cells"]
-    source = "\n".join(line for cell in cells if cell["cell_type"] == "code"
-                       for line in "".join(cell["source"]).splitlines() if not line.startswith(("%", "!")))
-    imports = [node for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.Import, ast.ImportFrom))]
-    return "; ".join(ast.unparse(node) for node in imports if "paper_repro" in ast.unparse(node))
-
-
 def test_notebook_stages_declare_exactly_the_code_the_notebooks_load(tmp_path):
-    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    declared = code_files(PIPELINE["notebooks"]["do"]["deps"])
-    used = set()
-    for name in PIPELINE["notebooks"]["foreach"]:
+    """Each notebook stage's command, run on a copy of the committed results, with its kernel."""
+    for folder in ("results", "notebooks_src"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "notebooks").mkdir()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    stage = PIPELINE["notebooks"]
+    declared, used = code_files(stage["do"]["deps"]), set()
+    for name in stage["foreach"]:
         log = tmp_path / f"{name}.modules"
         log.touch()
-        run_logged(f"{sys.executable} -c {shlex.quote(notebook_imports(name))}", tmp_path, log, tmp_path)
+        run_logged(stage["do"]["cmd"].replace("${item}", name), tmp_path, log, hook)
         loaded = loaded_code(log)
+        assert "paper_repro/plots.py" in loaded  # the kernel's modules are in the log too
         assert sorted(loaded - declared) == [], f"notebook {name} loads code the notebooks stage does not declare"
         used |= loaded
+        assert (tmp_path / Layout(".").notebook(name)).is_file()
     assert sorted(declared - used) == [], "the notebooks stage declares code no notebook loads"
 
 
@@ -156,9 +153,10 @@ def test_stage_inputs_are_the_layouts():
     assert deps["evaluate"] == {layout.data(DATASET), layout.run_dir(RUN)}
     assert deps["report"] == {layout.metrics(RUN).parent.parent}
     assert deps["explain"] == {layout.data(DATASET), layout.run_dir(RUN)}
-    notebook = PIPELINE["notebooks"]["do"]
-    outputs = {Path(substitute(next(iter(entry)), {"${item}": "02_main_results"})) for entry in notebook["outs"]}
-    assert layout.figure("02_main_results", "any").parent in outputs
+    notebook, name = PIPELINE["notebooks"]["do"], "02_main_results"
+    outputs = {Path(substitute(next(iter(entry)), {"${item}": name})) for entry in notebook["outs"]}
+    assert outputs == {layout.notebook(name), layout.figure(name, "any").parent}
+    assert layout.notebook_source(name) in {Path(substitute(d, {"${item}": name})) for d in notebook["deps"]}
     inputs = {Path(d) for d in notebook["deps"] if not d.startswith(("paper_repro/", "notebooks_src/", "params.yaml"))}
     assert inputs == {layout.data_summary(DATASET).parent, layout.samples(DATASET).parent, layout.coverage(DATASET).parent,
                       layout.table("main").parent, layout.metrics(RUN).parent.parent, layout.predictions(RUN).parent.parent,

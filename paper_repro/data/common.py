@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,21 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 UNDEFINED = -1  # marks label values a dataset does not define in a lookup table
+
+
+class DataError(ValueError):
+    """A dataset file or split that cannot be used; the message names it."""
+
+
+@contextmanager
+def reading(path: Path, what: str) -> Iterator[None]:
+    """Turn a failure to decode ``path`` (truncated, not an image, unreadable) into a :class:`DataError` naming it."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for broken files
+        raise DataError(f"{path}: cannot read the {what} ({error})") from error
 
 
 def label_lookup_table(mapping: dict[int, int]) -> np.ndarray:
@@ -41,6 +57,8 @@ class LabelledImages(Dataset):
         description: str = "dataset",
     ) -> None:
         by_id = {sample_id: (Path(image), Path(label)) for sample_id, image, label in samples}
+        if not by_id:
+            raise DataError(f"{description}: the split holds no images")
         if ids is None:
             ids = sorted(by_id)
         else:
@@ -68,23 +86,28 @@ class LabelledImages(Dataset):
         ``image_size`` (width, height) spares reopening an image the caller has already read.
         """
         image_path, label_path = self.files[index]
-        with Image.open(label_path) as label_image:
+        with reading(label_path, "label"), Image.open(label_path) as label_image:
             if label_image.mode not in ("L", "P"):
-                raise ValueError(f"{label_path}: expected a single-channel label PNG (mode L or P), got mode {label_image.mode}")
+                raise DataError(f"{label_path}: expected a single-channel label PNG (mode L or P), got mode {label_image.mode}")
             stored = np.asarray(label_image)
         if image_size is None:
-            with Image.open(image_path) as image:
+            with reading(image_path, "image"), Image.open(image_path) as image:
                 image_size = image.size
         if image_size != (stored.shape[1], stored.shape[0]):
-            raise ValueError(
+            raise DataError(
                 f"{label_path}: label size {stored.shape[1]}x{stored.shape[0]} differs from "
                 f"image {image_path} size {image_size[0]}x{image_size[1]}"
             )
         train_ids = self.lookup[stored]
         if (train_ids == UNDEFINED).any():
             bad = sorted(np.unique(stored[train_ids == UNDEFINED]).tolist())
-            raise ValueError(f"{label_path}: label values {bad} are not defined for {self.description}")
+            raise DataError(f"{label_path}: label values {bad} are not defined for {self.description}")
         return train_ids.astype(np.uint8)
+
+    def read_rgb(self, index: int) -> np.ndarray:
+        """The stored image of sample ``index`` as RGB ``[H, W, 3]`` uint8, untransformed."""
+        with reading(self.files[index][0], "image"), Image.open(self.files[index][0]) as picture:
+            return np.asarray(picture.convert("RGB"))
 
     def keep_decoded(self) -> LabelledImages:
         """Keep every decoded image and label in memory after its first read (for a small dataset
@@ -95,7 +118,7 @@ class LabelledImages(Dataset):
     def _decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._decoded is not None and index in self._decoded:
             return self._decoded[index]
-        with Image.open(self.files[index][0]) as picture:
+        with reading(self.files[index][0], "image"), Image.open(self.files[index][0]) as picture:
             image = TF.pil_to_tensor(picture.convert("RGB"))
             size = picture.size
         decoded = image, torch.from_numpy(self.load_label(index, size))
