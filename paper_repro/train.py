@@ -194,8 +194,8 @@ def run_config(params: dict, run: Run, data) -> dict:
 
 
 @contextmanager
-def run_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (released when the process ends, however it ends)."""
+def run_lock(path: Path, run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` while training into ``run_dir`` (released when the process ends, however it ends)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
@@ -203,8 +203,7 @@ def run_lock(path: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise RunInUse(f"{path.parent / path.name.removeprefix('.').removesuffix('.lock')} is being trained by {holder} "
-                           f"(lock {path}); wait for it to finish or stop it") from None
+            raise RunInUse(f"{run_dir} is being trained by {holder} (lock {path}); wait for it to finish or stop it") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()} on {platform.node()}\n")
@@ -281,7 +280,7 @@ def train(params: dict, run: Run, layout: Layout = Layout()) -> Path:
     rank, world, device = setup_distributed()
     if rank > 0:
         return train_unlocked(params, run, layout, rank, world, device)
-    with run_lock(layout.run_lock(run)):
+    with run_lock(layout.run_lock(run), layout.run_dir(run)):
         return train_unlocked(params, run, layout, rank, world, device)
 
 
