@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def stage_arguments(params: dict, args: argparse.Namespace) -> dict:
-    """The entry function's keyword arguments: a dataset, a run or nothing."""
+    """The entry function's keyword arguments: a dataset, a run, a notebook name or nothing."""
     from .layout import Run
 
     target = STAGES[args.stage].target
