@@ -25,6 +25,18 @@ def mean_std_table(table: pd.DataFrame, column: str, index: str = "method", colu
     return pivot.reindex([m for m in METHOD_ORDER if m in pivot.index] + [m for m in pivot.index if m not in METHOD_ORDER])
 
 
+def paired_delta_table(table: pd.DataFrame, column: str, index: str = "method", columns: str = "percent") -> pd.DataFrame:
+    """A pivot of ``"difference [95% interval]"`` strings: each method's mean per-seed difference to
+    ``ce`` with its paired t-interval (report columns ``<column>_delta_vs_ce``, ``_ci_low``, ``_ci_high``),
+    marked ``*`` where the interval excludes 0."""
+    rows = table[table["method"] != "ce"]
+    signed = "{:+.2f}".format
+    cells = rows.assign(cell=rows[f"{column}_delta_vs_ce"].map(signed) + " [" + rows[f"{column}_ci_low"].map(signed) + ", "
+                        + rows[f"{column}_ci_high"].map(signed) + "]" + rows[f"{column}_resolved"].map({True: " *", False: ""}))
+    pivot = cells.pivot(index=index, columns=columns, values="cell")
+    return pivot.reindex([m for m in METHOD_ORDER if m in pivot.index] + [m for m in pivot.index if m not in METHOD_ORDER])
+
+
 def miou_vs_fraction(runs: pd.DataFrame, dataset: str, ax: plt.Axes) -> None:
     """mIoU against the labelled fraction per method: mean over seeds with a +-1 std band and the seeds as dots."""
     data = runs[runs["dataset"] == dataset]

@@ -1,5 +1,7 @@
 """The ``report`` stage: runs -> tables of mean, standard deviation and number of seeds per
-dataset, method and fraction, with the difference of the means to ``ce``.
+dataset, method and fraction, with the difference of the means to ``ce`` and the paired
+statistics of the per-seed differences to ``ce`` (mean, 95% t-interval, number of pairs,
+whether the interval excludes 0).
 
 Reads the ``metrics.json`` of every run of the study (and of the ablation) and writes CSV
 tables; the notebooks read these tables, nothing downstream recomputes them.
@@ -11,7 +13,9 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .atomic import write_table
 from .config import ABLATED, BASELINE
@@ -47,6 +51,34 @@ def summarise(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     return table.round(4)
 
 
+def paired_differences(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per dataset, method and fraction: a 95% t-interval for the mean of the per-seed differences
+    to ``ce`` of ``column`` (within a seed every method shares subset, initialisation and data
+    order, docs/method.md section 5; that mean is :func:`summarise`'s ``<column>_delta_vs_ce``),
+    the number of pairs, and ``resolved`` when the interval excludes 0."""
+    baseline = runs[runs["method"] == BASELINE].set_index(["dataset", "percent", "seed"])[column]
+    keys = pd.MultiIndex.from_frame(runs[["dataset", "percent", "seed"]])
+    pairs = runs.assign(difference=runs[column].to_numpy() - baseline.reindex(keys).to_numpy()).dropna(subset=["difference"])
+    rows = []
+    for (dataset, method, percent), group in pairs.groupby(GROUP, sort=False):
+        differences = group["difference"].to_numpy()
+        n, mean = len(differences), differences.mean()
+        if n > 1 and differences.std(ddof=1) > 0:
+            low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=differences.std(ddof=1) / np.sqrt(n))
+        elif n > 1:  # identical differences in every seed: the interval is that value
+            low = high = mean
+        else:
+            low = high = np.nan
+        rows.append({"dataset": dataset, "method": method, "percent": percent, f"{column}_ci_low": low,
+                     f"{column}_ci_high": high, f"{column}_pairs": n, f"{column}_resolved": bool(low > 0 or high < 0)})
+    return pd.DataFrame.from_records(rows)
+
+
+def with_paired(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """:func:`summarise` beside :func:`paired_differences` of ``column``."""
+    return summarise(runs, column).merge(paired_differences(runs, column).round(4), on=GROUP)
+
+
 def per_class(runs: pd.DataFrame) -> pd.DataFrame:
     """Long table: dataset, method, percent, class, IoU mean and std over seeds."""
     long = runs.melt(id_vars=GROUP + ["seed"], value_vars=[c for c in runs if c.startswith("iou_")], var_name="class", value_name="iou")
@@ -61,14 +93,14 @@ def report(params: dict, layout: Layout = Layout()) -> dict[str, Path]:
     runs = load_runs(runs_of(params), layout)
     tables = {
         "runs": runs.round(4),
-        "main": summarise(runs, "miou"),
-        "calibration": summarise(runs, "ece").merge(summarise(runs, "pixel_accuracy").drop(columns="n"), on=GROUP),
+        "main": with_paired(runs, "miou"),
+        "calibration": with_paired(runs, "ece").merge(summarise(runs, "pixel_accuracy").drop(columns="n"), on=GROUP),
         "per_class": per_class(runs),
     }
     if "ablation" in params:  # the ablation's variants beside the study's ce and pals runs of the same fractions and seeds
         methods = [BASELINE, ABLATED, *params["ablation"]["methods"]]
         ablation = load_runs(runs_of(params, "ablation", methods), layout)
-        tables["ablation"] = summarise(ablation, "miou").merge(summarise(ablation, "ece").drop(columns="n"), on=GROUP)
+        tables["ablation"] = with_paired(ablation, "miou").merge(with_paired(ablation, "ece").drop(columns="n"), on=GROUP)
     paths = {}
     for name, table in tables.items():
         paths[name] = layout.table(name)

@@ -13,7 +13,7 @@ from paper_repro.data import open_dataset
 from paper_repro.data.transforms import eval_transforms
 from paper_repro.explain import query_pixels
 from paper_repro.models import build_model
-from paper_repro.report import summarise
+from paper_repro.report import paired_differences, summarise
 
 
 def test_evaluation_matches_an_independent_recomputation(tiny_workspace):
@@ -64,6 +64,26 @@ def test_summary_statistics_by_hand():
     assert table.loc[("pals", 10), "miou_delta_vs_ce"] == 3.0
     assert table.loc[("pals", 100), "miou_delta_vs_ce"] == -1.0
     assert table.loc[("pals", 100), "n"] == 1 and np.isnan(table.loc[("pals", 100), "miou_std"])
+
+
+def test_paired_intervals_by_hand():
+    # per-seed differences to ce: pals (3, 1, 2) -> mean 2, sd 1; ls (3, 3.5, 2.5) -> mean 3, sd 0.5
+    t = 4.302652729911275  # the 0.975 quantile of Student's t with 2 degrees of freedom
+    runs = pd.DataFrame({"dataset": ["d"] * 9, "method": ["ce"] * 3 + ["pals"] * 3 + ["ls"] * 3, "percent": [10] * 9,
+                         "seed": [0, 1, 2] * 3, "miou": [40.0, 44.0, 50.0, 43.0, 45.0, 52.0, 43.0, 47.5, 52.5]})
+    table = paired_differences(runs, "miou").set_index("method")
+    assert table.loc["pals", "miou_ci_low"] == pytest.approx(2 - t / np.sqrt(3))
+    assert table.loc["pals", "miou_ci_high"] == pytest.approx(2 + t / np.sqrt(3))
+    assert not table.loc["pals", "miou_resolved"]  # the interval holds 0
+    assert table.loc["ls", "miou_ci_low"] == pytest.approx(3 - t * 0.5 / np.sqrt(3))
+    assert table.loc["ls", "miou_resolved"] and table.loc["ls", "miou_pairs"] == 3
+    assert not table.loc["ce", "miou_resolved"] and table.loc["ce", "miou_ci_low"] == 0
+    # the interval is around the difference of the means that summarise reports
+    summary = summarise(runs, "miou").set_index("method")
+    assert summary.loc["ls", "miou_delta_vs_ce"] == pytest.approx((table.loc["ls", "miou_ci_low"] + table.loc["ls", "miou_ci_high"]) / 2)
+    # one seed: no interval, nothing resolved
+    single = paired_differences(runs[runs.seed == 0], "miou").set_index("method")
+    assert np.isnan(single.loc["pals", "miou_ci_low"]) and not single.loc["pals", "miou_resolved"]
 
 
 def test_summary_without_the_baseline_is_an_error_not_nan_deltas():
