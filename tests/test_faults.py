@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from conftest import ROOT, TINY_PARAMS, run_cli
 
