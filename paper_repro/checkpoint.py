@@ -1,4 +1,5 @@
-"""The files a training run writes: ``checkpoint.pt`` (to resume) and ``model.pt`` (to evaluate).
+"""The files a training run writes: ``checkpoint.pt`` (to resume) and ``model.pt`` (to evaluate),
+and the ``pretrain`` stage's backbone weights.
 
 Both hold only what ``torch.load(weights_only=True)`` accepts (tensors, numbers, strings and
 containers of them), so loading one, from wherever it came, never runs code. A file that does
@@ -15,6 +16,7 @@ import torch
 
 RESUME_KEYS = ("config", "iteration", "log", "model", "optimizer", "scheduler", "scaler", "rng")
 MODEL_KEYS = ("config", "model")
+BACKBONE_KEYS = ("config", "backbone")  # the pretrain stage's backbone weights
 
 
 class CheckpointError(ValueError):

@@ -33,6 +33,7 @@ class Stage(NamedTuple):
 STAGES = {
     "generate": Stage("generate", "generate", "dataset", "write the synthetic dataset tree (or check a real one) and summarise it"),
     "subsets": Stage("subsets", "make_subsets", "dataset", "write nested label-fraction manifests per seed and their class coverage"),
+    "pretrain": Stage("pretrain", "pretrain", None, "pretrain the deeplabv3plus_small backbone on a generated source task (the ImageNet analog)"),
     "train": Stage("train", "train", "run", "train one run (dataset, method, fraction, seed), resuming from its last checkpoint"),
     "evaluate": Stage("evaluate", "evaluate", "run", "evaluate one trained run on the full-resolution evaluation split"),
     "report": Stage("report", "report", None, "summarise all runs into tables (mean, std, n, delta vs ce)"),

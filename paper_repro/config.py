@@ -137,6 +137,7 @@ class Validator:
         self.datasets()
         self.methods()
         self.model_train_evaluate()
+        self.pretrain()
         self.ablation()
         self.explain()
         if "bench" in self.params:
@@ -201,19 +202,36 @@ class Validator:
         self.get("model.name", lambda v: v in MODELS, f"one of {', '.join(MODELS)}")
         self.get("model.pretrained_backbone", lambda v: isinstance(v, bool), "true or false")
         positive_int = lambda v: _is_int(v) and v > 0  # noqa: E731
-        positive, non_negative = (lambda v: _is_number(v) and v > 0), (lambda v: _is_number(v) and v >= 0)
-        self.get("train.iterations", positive_int, "a positive integer")
-        self.get("train.batch_size", positive_int, "a positive integer")
-        self.get("train.lr", positive, "a positive number")
-        self.get("train.momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
-        self.get("train.weight_decay", non_negative, "a non-negative number")
-        self.get("train.poly_power", non_negative, "a non-negative number")
+        self.optimisation("train")
         self.get("train.checkpoint_every", positive_int, "a positive integer")
         self.get("train.workers", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
         self.get("train.cache_decoded", lambda v: isinstance(v, bool), "true or false")
         self.get("train.amp", lambda v: v in ("off", "bf16", "fp16"), "one of off, bf16, fp16")
         self.get("evaluate.figure_images", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
         self.get("evaluate.calibration_bins", positive_int, "a positive integer")
+
+    def optimisation(self, section: str) -> None:
+        """The SGD and schedule settings that ``train.build_optimisation`` reads, for ``train`` or ``pretrain``."""
+        positive, non_negative = (lambda v: _is_number(v) and v > 0), (lambda v: _is_number(v) and v >= 0)
+        self.get(f"{section}.iterations", lambda v: _is_int(v) and v > 0, "a positive integer")
+        self.get(f"{section}.batch_size", lambda v: _is_int(v) and v > 0, "a positive integer")
+        self.get(f"{section}.lr", positive, "a positive number")
+        self.get(f"{section}.momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+        self.get(f"{section}.weight_decay", non_negative, "a non-negative number")
+        self.get(f"{section}.poly_power", non_negative, "a non-negative number")
+
+    def pretrain(self) -> None:
+        """The source task of the pretrain stage (``paper_repro/pretrain.py``)."""
+        from .data.synthetic import SIZE_MINIMA
+
+        least = max(SIZE_MINIMA["height"], SIZE_MINIMA["width"])
+        self.get("pretrain.images", lambda v: _is_int(v) and v > 0, "a positive integer")
+        self.get("pretrain.held_out", lambda v: _is_int(v) and v > 0, "a positive integer")
+        self.get("pretrain.size", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x >= least for x in v),
+                 f"[height, width] of integers >= {least}")
+        self.get("pretrain.seed", _is_int, "an integer")
+        self.get("pretrain.typical_look", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+        self.optimisation("pretrain")
 
     def ablation(self) -> None:
         """Extra runs compared with the study's ce and pals runs of the same datasets, fractions and seeds."""

@@ -69,6 +69,18 @@ class Layout:
     def coverage(self, dataset: str) -> Path:
         return self.results / "subsets" / f"{dataset}.csv"
 
+    # pretrain
+    def pretrained_backbone(self) -> Path:
+        """The ``pretrain`` stage's backbone weights, loaded by ``deeplabv3plus_small`` with ``model.pretrained_backbone``."""
+        return self.root / "pretrained" / "backbone.pt"
+
+    def pretrain_log(self) -> Path:
+        return self.results / "pretrain" / "log.csv"
+
+    def pretrain_metrics(self) -> Path:
+        """Held-out mean average precision of the source task."""
+        return self.results / "pretrain" / "metrics.json"
+
     # train
     def run_dir(self, run: Run) -> Path:
         """``checkpoint.pt`` (for resuming) and ``model.pt`` (the final weights)."""

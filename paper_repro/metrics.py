@@ -1,4 +1,5 @@
-"""Segmentation metrics: confusion matrix, IoU, mIoU, pixel accuracy and calibration (ECE).
+"""Segmentation metrics: confusion matrix, IoU, mIoU, pixel accuracy and calibration (ECE);
+and the average precision that scores the ``pretrain`` stage's presence classifier.
 
 The confusion matrix is accumulated over a whole split and every score is derived from it,
 so a dataset's mIoU is computed once from the summed matrix, never averaged over images; the
@@ -19,6 +20,7 @@ __all__ = [
     "calibration_bins",
     "ece_from_bins",
     "expected_calibration_error",
+    "average_precision",
 ]
 
 
@@ -87,3 +89,14 @@ def ece_from_bins(bins: torch.Tensor) -> float:
 def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15, ignore_index: int = IGNORE_INDEX) -> float:
     """Expected calibration error over the valid pixels of ``probs`` ``[B, K, H, W]``."""
     return ece_from_bins(calibration_bins(probs, target, n_bins, ignore_index))
+
+
+def average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """Mean of the precision at the rank of each positive, ranking by ``scores`` (highest first,
+    ties in index order); NaN without positives. The mean over classes is the mAP."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    hits = positives[order].double()
+    if hits.sum() == 0:
+        return float("nan")
+    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float64)
+    return (precision * hits).sum().item() / hits.sum().item()

@@ -9,7 +9,9 @@
   ``pretrained_backbone=True`` the backbone starts from torchvision's ImageNet weights; no
   segmentation-pretrained (COCO / VOC) weights are ever used.
 * ``deeplabv3plus_small``: the same architecture scaled for a 2-core CPU (about 1M
-  parameters, output stride 16, D = 64), trained from scratch on the embedded benchmark.
+  parameters, output stride 16, D = 64). With ``pretrained_backbone=True`` its backbone
+  starts from the weights of the ``pretrain`` stage, the embedded benchmark's analog of
+  ImageNet (``paper_repro/pretrain.py``); ASPP, decoder and classifier start from scratch.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class SmallBackbone(nn.Module):
     def __init__(self, widths: Sequence[int] = (24, 32, 64, 128)) -> None:
         super().__init__()
         stem, low, mid, high = widths
+        self.low_channels, self.out_channels = low, high
         self.stem = conv_bn_relu(3, stem, stride=2)
         self.layer1 = self._stage(stem, low, blocks=1)
         self.layer2 = self._stage(low, mid, blocks=2)
@@ -130,28 +133,46 @@ def _resnet_deeplab(depth: int, num_classes: int, pretrained_backbone: bool) -> 
     )
 
 
-def _small_deeplab(num_classes: int, pretrained_backbone: bool) -> DeepLabV3Plus:
-    if pretrained_backbone:
-        raise ValueError("deeplabv3plus_small has no pretrained backbone; set pretrained_backbone=False")
+def _small_deeplab(num_classes: int, pretrained_backbone: bool, backbone_weights: str | os.PathLike | None) -> DeepLabV3Plus:
+    backbone = SmallBackbone()
     model = DeepLabV3Plus(
-        SmallBackbone((24, 32, 64, 128)), 32, 128, num_classes,
+        backbone, backbone.low_channels, backbone.out_channels, num_classes,
         atrous_rates=(2, 4, 6), aspp_channels=64, low_projection=24, decoder_channels=64,
     )
     model.aspp.project[-1].p = 0.1  # ASPP dropout: 0.5 keeps a 1M-parameter net from fitting in a CPU budget
+    if pretrained_backbone:
+        _load_pretrain_stage_weights(backbone, backbone_weights)
     return model
 
 
+def _load_pretrain_stage_weights(backbone: SmallBackbone, path: str | os.PathLike | None) -> None:
+    """Load the ``pretrain`` stage's backbone weights (docs/method.md, section 5)."""
+    from .checkpoint import BACKBONE_KEYS, CheckpointError, load_checkpoint  # here: only this path reads a file
+
+    if path is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"missing pretrained backbone {path}; run `python -m paper_repro pretrain` first")
+    try:
+        backbone.load_state_dict(load_checkpoint(path, BACKBONE_KEYS)["backbone"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: its weights do not fit the deeplabv3plus_small backbone") from error
+
+
 MODELS = {
-    "deeplabv3plus_resnet101": lambda k, p: _resnet_deeplab(101, k, p),
-    "deeplabv3plus_resnet50": lambda k, p: _resnet_deeplab(50, k, p),
+    "deeplabv3plus_resnet101": lambda k, p, _: _resnet_deeplab(101, k, p),
+    "deeplabv3plus_resnet50": lambda k, p, _: _resnet_deeplab(50, k, p),
     "deeplabv3plus_small": _small_deeplab,
 }
 
 
-def build_model(name: str, num_classes: int, pretrained_backbone: bool = False) -> DeepLabV3Plus:
-    """Build a segmentation network by name (see the module docstring for the choices)."""
+def build_model(name: str, num_classes: int, pretrained_backbone: bool = False,
+                backbone_weights: str | os.PathLike | None = None) -> DeepLabV3Plus:
+    """Build a segmentation network by name (see the module docstring for the choices).
+
+    With ``pretrained_backbone``, the ResNets load torchvision's ImageNet weights and
+    ``deeplabv3plus_small`` loads ``backbone_weights``, the file the ``pretrain`` stage writes.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    return MODELS[name](num_classes, pretrained_backbone)
+    return MODELS[name](num_classes, pretrained_backbone, backbone_weights)

@@ -293,7 +293,7 @@ def train_unlocked(params: dict, run: Run, layout: Layout, rank: int, world: int
     config = run_config(params, run, data)
 
     seed_everything(run.seed)
-    model = build_model(params["model"]["name"], spec["num_classes"], params["model"]["pretrained_backbone"])
+    model = build_model(params["model"]["name"], spec["num_classes"], params["model"]["pretrained_backbone"], layout.pretrained_backbone())
     model = model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU alike
     if world > 1:
         if device.type == "cuda":  # PyTorch's SyncBatchNorm is GPU-only; on gloo each rank keeps its own statistics

@@ -20,7 +20,9 @@ def test_params_and_presets_resolve_and_validate(path):
     for dataset in params["study"]["datasets"]:
         assert dataset in params["datasets"]
     assert {"ce", "ls", "pals"} <= set(params["study"]["methods"])
-    assert params["study"]["fractions"] == [10, 30, 50, 100]
+    assert params["study"]["seeds"] == [0, 1, 2]
+    # the embedded default runs the two ends of the presets' label fractions, within its CPU budget
+    assert params["study"]["fractions"] == ([10, 100] if path.name == "params.yaml" else [10, 30, 50, 100])
 
 
 def test_real_presets_use_the_paper_scale_model_and_real_data():
@@ -56,6 +58,9 @@ def test_overrides_are_parsed_as_yaml_and_must_name_known_keys():
         ("study.datasets=[kitti]", "study.datasets names 'kitti'"),
         # each method's loss parameters, by the loss's own rules
         ("methods.pals.tau=0", "methods.pals.tau must be > 0, got 0"),
+        ("pretrain.size=[8,64]", "pretrain.size must be [height, width] of integers >= 16, got [8, 64]"),
+        ("pretrain.typical_look=2", "pretrain.typical_look must be a number in [0, 1], got 2"),
+        ("pretrain.lr=0", "pretrain.lr must be a positive number, got 0"),
         ("methods.pals.alpha=1.5", "methods.pals.alpha must be in [0, 1], got 1.5"),
         ("methods.pals.T=0", "methods.pals.T must be > 0"),
         ("methods.pals={loss: pals, token_budget: 2.5}", "methods.pals.token_budget must be an integer >= 0"),

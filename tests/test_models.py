@@ -71,5 +71,5 @@ def test_unknown_model_and_bad_arguments_are_clear_errors():
         build_model("unet", 19)
     with pytest.raises(ValueError, match="num_classes must be >= 2"):
         build_model("deeplabv3plus_small", 1)
-    with pytest.raises(ValueError, match="no pretrained backbone"):
+    with pytest.raises(FileNotFoundError, match="missing pretrained backbone None; run `python -m paper_repro pretrain` first"):
         build_model("deeplabv3plus_small", 19, pretrained_backbone=True)

@@ -14,7 +14,8 @@ from paper_repro.layout import Layout, Run
 
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # A study of two runs, so that report and explain can run too.
-PARAMS = TINY_PARAMS | {"study": TINY_PARAMS["study"] | {"fractions": [50]}}
+PARAMS = TINY_PARAMS | {"study": TINY_PARAMS["study"] | {"fractions": [50]}, "model": TINY_PARAMS["model"] | {"pretrained_backbone": True}}
+STAGES = ["generate", "subsets", "pretrain", "train", "evaluate", "report", "explain"]  # in data-flow order
 DATASET = "tiny-streets"
 RUN = Run(DATASET, "pals", 50, 0)  # the explained run (TINY_PARAMS's explain section)
 ITEM = {"${item.dataset}": RUN.dataset, "${item.method}": RUN.method, "${item.fraction}": str(RUN.percent), "${item.seed}": str(RUN.seed),
@@ -64,7 +65,7 @@ def stage_runs(tmp_path_factory) -> tuple[Path, dict[str, set[str]]]:
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (workspace / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     loaded = {}
-    for stage in ("generate", "subsets", "train", "evaluate", "report", "explain"):
+    for stage in STAGES:
         log = workspace / f"{stage}.modules"
         log.touch()
         runs = [RUN] if stage in ("train", "evaluate") else [None]
@@ -77,7 +78,7 @@ def stage_runs(tmp_path_factory) -> tuple[Path, dict[str, set[str]]]:
     return workspace, loaded
 
 
-@pytest.mark.parametrize("stage", ["generate", "subsets", "train", "evaluate", "report", "explain"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_stage_declares_exactly_the_code_its_command_loads(stage_runs, stage):
     _, loaded = stage_runs
     declared = code_files(PIPELINE[stage]["deps"])
@@ -119,6 +120,7 @@ def expected_outputs(stage: str, layout: Layout) -> set[Path]:
     dataset, run = RUN.dataset, RUN
     return {
         "generate": {layout.data(dataset), layout.data_summary(dataset), layout.samples(dataset)},
+        "pretrain": {layout.pretrained_backbone(), layout.pretrain_log(), layout.pretrain_metrics()},
         "subsets": {layout.manifests(dataset), layout.coverage(dataset)},
         "train": {layout.run_dir(run), layout.log(run)},
         "evaluate": {layout.predictions(run), layout.metrics(run)},
@@ -135,7 +137,7 @@ def declared_outputs(spec: dict) -> set[Path]:
     return paths
 
 
-@pytest.mark.parametrize("stage", ["generate", "subsets", "train", "evaluate", "report", "explain"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_stage_outputs_are_the_layouts_and_are_written_there(stage_runs, stage):
     workspace, _ = stage_runs
     expected = expected_outputs(stage, Layout("."))
@@ -149,7 +151,7 @@ def test_stage_inputs_are_the_layouts():
     deps = {stage: {Path(substitute(d)) for d in PIPELINE[stage]["deps"] if not d.startswith("paper_repro/")}
             for stage in ("subsets", "train", "evaluate", "report", "explain")}
     assert deps["subsets"] == {layout.data(DATASET)}
-    assert deps["train"] == {layout.data(DATASET), layout.manifest(DATASET, RUN.seed, RUN.percent)}
+    assert deps["train"] == {layout.data(DATASET), layout.manifest(DATASET, RUN.seed, RUN.percent), layout.pretrained_backbone()}
     assert deps["evaluate"] == {layout.data(DATASET), layout.run_dir(RUN)}
     assert deps["report"] == {layout.metrics(RUN).parent.parent}
     assert deps["explain"] == {layout.data(DATASET), layout.run_dir(RUN)}
@@ -160,4 +162,4 @@ def test_stage_inputs_are_the_layouts():
     inputs = {Path(d) for d in notebook["deps"] if not d.startswith(("paper_repro/", "notebooks_src/", "params.yaml"))}
     assert inputs == {layout.data_summary(DATASET).parent, layout.samples(DATASET).parent, layout.coverage(DATASET).parent,
                       layout.table("main").parent, layout.metrics(RUN).parent.parent, layout.predictions(RUN).parent.parent,
-                      layout.explanation(DATASET).parent, layout.bench("cpu").parent}
+                      layout.explanation(DATASET).parent, layout.pretrain_metrics().parent, layout.bench("cpu").parent}

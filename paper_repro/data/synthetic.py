@@ -37,9 +37,9 @@ from .voc import save_palette_png, voc_root
 CITYSCAPES_TRAIN_CITIES = ("synthnorth", "syntheast", "synthwest")
 CITYSCAPES_VAL_CITIES = ("synthsouth",)
 # How often an instance has its class's typical look; otherwise its colour and texture come from
-# distributions shared by all classes. Objects need a stronger cue than street regions, which
-# their position in the scene already tells apart.
-STREET_TYPICAL_LOOK = 0.5
+# distributions shared by all classes. The defaults are the embedded study's (params.yaml), set
+# with the ce baseline alone (README, "The study").
+STREET_TYPICAL_LOOK = 0.9
 OBJECT_TYPICAL_LOOK = 0.8
 TEXTURE_KINDS = ("smooth", "stripes", "blocks", "speckle")
 
@@ -51,9 +51,9 @@ PERSON, CAR, TRUCK, BUS = 24, 26, 27, 28
 
 STREET_LOOKS = {  # typical (RGB in [0, 1], texture kind), used with probability STREET_TYPICAL_LOOK
     ROAD: ((0.35, 0.35, 0.37), "smooth"), SIDEWALK: ((0.6, 0.55, 0.55), "blocks"), BUILDING: ((0.5, 0.45, 0.4), "blocks"),
-    WALL: ((0.55, 0.5, 0.45), "blocks"), FENCE: ((0.45, 0.4, 0.35), "stripes"), POLE: ((0.4, 0.4, 0.4), "smooth"),
+    WALL: ((0.75, 0.72, 0.68), "smooth"), FENCE: ((0.45, 0.4, 0.35), "stripes"), POLE: ((0.4, 0.4, 0.4), "smooth"),
     TRAFFIC_SIGN: ((0.8, 0.75, 0.1), "smooth"),
-    VEGETATION: ((0.25, 0.45, 0.15), "speckle"), TERRAIN: ((0.45, 0.55, 0.3), "speckle"), SKY: ((0.6, 0.75, 0.9), "smooth"),
+    VEGETATION: ((0.25, 0.45, 0.15), "speckle"), TERRAIN: ((0.65, 0.6, 0.3), "smooth"), SKY: ((0.6, 0.75, 0.9), "smooth"),
     PERSON: ((0.5, 0.3, 0.3), "smooth"), CAR: ((0.2, 0.25, 0.5), "smooth"),
     TRUCK: ((0.3, 0.3, 0.45), "smooth"), BUS: ((0.7, 0.65, 0.2), "smooth"),
     EGO_VEHICLE: ((0.1, 0.1, 0.1), "smooth"),
@@ -203,7 +203,7 @@ def draw_street_scene(rng: np.random.Generator, height: int, width: int, typical
     # Things on the ground, far to near so that near ones occlude.
     things = []
     for _ in range(rng.integers(0, 7)):
-        things.append(("vehicle", rng.choice([CAR, TRUCK, BUS], p=[0.7, 0.18, 0.12])))
+        things.append(("vehicle", rng.choice([CAR, TRUCK, BUS], p=[0.9, 0.06, 0.04])))  # heavy vehicles are rare, as in Cityscapes
     for _ in range(rng.integers(0, 6)):
         things.append(("person", PERSON))
     for _ in range(rng.integers(1, 6)):
@@ -423,8 +423,20 @@ def draw_object_scene(rng: np.random.Generator, height: int, width: int, classes
 
 
 # ----------------------------------------------------------------------------------- writers
+BENCHMARK_SPLITS = {"train": 0, "val": 1}
+SOURCE_SPLITS = {"train": 2, "held_out": 3}  # the pretraining source set's streams: no benchmark image is ever drawn from them
+SOURCE_CLASSES = tuple(range(1, 21))  # every VOC object class
+
+
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, {"train": 0, "val": 1}[split], index])
+    return np.random.default_rng([seed, BENCHMARK_SPLITS[split], index])
+
+
+def draw_source_image(seed: int, split: str, index: int, height: int, width: int, typical_look: float) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` of the pretraining source set's ``split``: an object scene of any of the 20
+    classes, drawn from a stream (``SOURCE_SPLITS``) that no benchmark image comes from."""
+    rng = np.random.default_rng([seed, SOURCE_SPLITS[split], index])
+    return draw_object_scene(rng, height, width, SOURCE_CLASSES, typical_look)
 
 
 SIZE_MINIMA = {"n_train": 1, "n_val": 1, "height": 16, "width": 16}  # the smallest tree the generators draw
