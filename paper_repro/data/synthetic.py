@@ -40,7 +40,7 @@ CITYSCAPES_VAL_CITIES = ("synthsouth",)
 # distributions shared by all classes. The defaults are the embedded study's (params.yaml), set
 # with the ce baseline alone (README, "The study").
 STREET_TYPICAL_LOOK = 0.9
-OBJECT_TYPICAL_LOOK = 0.8
+OBJECT_TYPICAL_LOOK = 0.9
 TEXTURE_KINDS = ("smooth", "stripes", "blocks", "speckle")
 
 # Cityscapes label ids used by the street generator.
