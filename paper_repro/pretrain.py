@@ -6,8 +6,9 @@ learns the same kind of task: which of the 20 VOC object classes appear in an im
 (multi-label presence, binary cross-entropy on globally pooled stride-16 features), on a
 generated *source* set of object scenes. The source images come from random streams of their
 own (``synthetic.SOURCE_SPLITS``), so they share no image with either benchmark, whatever the
-seeds; the benchmarks' object scenes use 8 of the 20 classes, the street scenes none of this
-task's labels.
+seeds. As ImageNet does for the real datasets, the source task shares concepts with the
+benchmarks, never images or masks: the object scenes use 8 of its 20 classes, and the street
+scenes' people, cars and buses are drawn differently and labelled in another class set.
 
 Writes the backbone's weights (``Layout.pretrained_backbone``), which every study run of
 ``deeplabv3plus_small`` loads when ``model.pretrained_backbone`` is true (ASPP, decoder and
