@@ -1,0 +1,40 @@
+"""The prepared GPU check (scripts/gpu_check.py): it measures nothing without CUDA, and its smoke run
+drives the training loop's own step with the paper-scale model and a preset's settings."""
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT
+from paper_repro.config import load_params
+
+SCRIPT = ROOT / "scripts" / "gpu_check.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_without_cuda_it_says_so_and_measures_nothing(tmp_path):
+    env = os.environ | {"PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even on a GPU machine
+    result = subprocess.run([sys.executable, str(SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "no CUDA device is visible: the GPU check measures nothing here (run it on a GPU machine)"
+    assert list(tmp_path.iterdir()) == []  # no bench report, no smoke report
+
+
+def test_smoke_run_times_ce_and_pals_steps_of_the_paper_scale_model():
+    params = load_params(ROOT / "presets" / "cityscapes.yaml")
+    report = load_script().smoke_run(params, "cityscapes", torch.device("cpu"), steps=1, size=[64, 64], batch=2)
+    assert report["model"] == "deeplabv3plus_resnet101" and report["size"] == [64, 64] and report["batch"] == 2
+    assert report["precision"] == "float32"  # the CPU runs float32, as training does there
+    assert set(report["step_seconds"]) == {"ce", "pals"} and all(seconds > 0 for seconds in report["step_seconds"].values())
+    assert math.isclose(report["pals_over_ce"], report["step_seconds"]["pals"] / report["step_seconds"]["ce"])
+    assert report["peak_memory_mb"] is None
