@@ -96,12 +96,13 @@ def _training_step(case: dict, method: str):
     return lambda: training_step(model, criterion, optimizer, scheduler, scaler, images, masks, dtype)
 
 
-def _step_times_case(case: dict) -> dict[str, float]:
-    """Median step time of every method. The methods' steps alternate (ce, ls, pals, ce, ...), so
-    that drifts in the machine's speed reach all of them alike and their ratios stay comparable."""
+def step_times(case: dict) -> dict[str, float]:
+    """Median step time of every method of ``case["methods"]`` (default ``STEP_METHODS``). The methods'
+    steps alternate (ce, ls, pals, ce, ...), so that drifts in the machine's speed reach all of them
+    alike and their ratios stay comparable. ``scripts/gpu_check.py`` times its smoke run with it."""
     keep_freed_memory()  # as training does
     device = torch.device(case["device"])
-    steps = {method: _training_step(case, method) for method in STEP_METHODS}
+    steps = {method: _training_step(case, method) for method in case.get("methods", STEP_METHODS)}
     for step in steps.values():
         _timed(step, 0, 2, device)
     times = {method: [] for method in steps}
@@ -111,8 +112,9 @@ def _step_times_case(case: dict) -> dict[str, float]:
     return {method: statistics.median(values) for method, values in times.items()}
 
 
-def _step_memory_case(case: dict) -> float:
-    """Peak memory (MB) of one method's training steps, alone in its process."""
+def step_memory(case: dict) -> float:
+    """Peak memory (MB) of one method's training steps (``case["method"]``), alone in its process
+    (on a GPU, the peak allocated by the steps also counts within a process)."""
     keep_freed_memory()
     device = torch.device(case["device"])
     step = _training_step(case, case["method"])
@@ -197,9 +199,9 @@ def run_bench(params: dict, layout: Layout = Layout()) -> dict:
             "model": model_case["name"], "dataset": model_case.get("dataset"), "repeats": settings["step_repeats"],
             "precision": str(autocast_dtype(params["train"]["amp"], device) or torch.float32).removeprefix("torch."),
             "device": str(device)}
-        medians = _in_child(_step_times_case, case | {"params": params})
+        medians = _in_child(step_times, case | {"params": params})
         for method in STEP_METHODS:
-            peak = _in_child(_step_memory_case, case | {"params": params, "method": method})
+            peak = _in_child(step_memory, case | {"params": params, "method": method})
             steps.append(case | {"method": method, "median_s": medians[method], "peak_mb": peak})
     loader = [_in_child(_loader_case, {"params": params, "dataset": dataset, "batches": settings["loader_batches"], "device": str(device)})
               for dataset in settings["loader_datasets"]]

@@ -40,7 +40,7 @@ def run_study(workspace, monkeypatch, dtype):
     for method in ("ce", "ls", "pals"):
         run = Run("tiny-streets", method, 100, 0)
         train_module.train(copy.deepcopy(PARAMS), run, layout)
-        logs[method] = [row for row in torch.load(layout.checkpoint(run), weights_only=True)["log"]]
+        logs[method] = torch.load(layout.checkpoint(run), weights_only=True)["log"]
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             metrics[method] = evaluate_module.evaluate(copy.deepcopy(PARAMS), run, layout)
     return logs, metrics, seen
