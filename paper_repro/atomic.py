@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import io
 import json
 import os
+import platform
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -25,6 +27,33 @@ from typing import Any
 
 class WriteError(OSError):
     """An output could not be written; the message names it and says why."""
+
+
+class InUse(ValueError):
+    """Another process holds the lock: it is already doing this work."""
+
+
+@contextmanager
+def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (released when the process ends, however it ends). If
+    another process holds it, fail at once with :class:`InUse`: ``busy`` formatted with ``holder``
+    (the process and machine it wrote into the file) and ``lock`` (the path)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise InUse(busy.format(holder=handle.read().strip() or "another process", lock=path)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
 
 
 def _fsync(path: Path) -> None:

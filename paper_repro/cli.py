@@ -1,9 +1,11 @@
 """``python -m paper_repro <stage>``: the pipeline's stages as commands.
 
 Stages, in data-flow order: ``generate`` (write the synthetic tree, or check a real one),
-``subsets`` (nested label-fraction manifests and their class coverage), ``train`` (one run),
-``evaluate`` (one run's metrics), ``report`` (tables over all runs) and ``explain`` (PALS at a
-few pixels, for the explanation figure); ``bench`` measures speed and memory. Each reads
+``subsets`` (nested label-fraction manifests and their class coverage), ``pretrain`` (the
+small backbone's weights), ``run`` (one cell of the matrix: ``train``, then ``evaluate``, which
+also exist on their own), ``report`` (tables over all runs) and ``explain`` (PALS at a few
+pixels, for the explanation figure); ``bench`` measures speed and memory and ``launch`` runs
+the matrix's cells as parallel jobs. Each reads
 ``--params`` (default ``params.yaml``) with ``--set dotted.key=value`` overrides, spelled as
 ``dvc exp run -S``. A user mistake ends with a one-line error and exit status 2.
 
@@ -26,7 +28,7 @@ class Stage(NamedTuple):
     module: str  # paper_repro.<module> holds the stage's work
     entry: str  # its entry function, called as entry(params, **target)
     target: str | None  # what it works on: "dataset" (entry(params, dataset=...)), "run" (entry(params, run=Run(...))),
-    # "notebook" (entry(params, name=...)) or nothing
+    # "notebook" (entry(params, name=...)), "launch" (entry(params, params_path=..., overrides=..., show=..., wait=...)) or nothing
     help: str
 
 
@@ -36,10 +38,12 @@ STAGES = {
     "pretrain": Stage("pretrain", "pretrain", None, "pretrain the deeplabv3plus_small backbone on a generated source task (the ImageNet analog)"),
     "train": Stage("train", "train", "run", "train one run (dataset, method, fraction, seed), resuming from its last checkpoint"),
     "evaluate": Stage("evaluate", "evaluate", "run", "evaluate one trained run on the full-resolution evaluation split"),
+    "run": Stage("cell", "train_and_evaluate", "run", "train one run (resuming from its last checkpoint), then evaluate it: one cell of the matrix"),
     "report": Stage("report", "report", None, "summarise all runs into tables (mean, std, n, delta vs ce)"),
     "explain": Stage("explain", "explain", "dataset", "save the affinity maps and targets of the run named by explain: at a few pixels of one image"),
     "notebook": Stage("notebook", "execute", "notebook", "execute one notebook of notebooks_src/ into notebooks/, written only once every cell has run"),
     "bench": Stage("bench", "bench", None, "time and measure the memory of PALS aggregation (naive vs fused) and ce/ls/pals training steps"),
+    "launch": Stage("launch", "launch", "launch", "run the matrix cells that are missing or stale as parallel jobs (local or SLURM) and record them in DVC"),
 }
 
 
@@ -69,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--method", required=True, help="a method name under `methods:` (ce, ls, pals, ...)")
             sub.add_argument("--fraction", required=True, type=percent, help="labelled fraction as an integer percent: 10, 30, 50, 100")
             sub.add_argument("--seed", required=True, type=int, help="seed of the subset draw, initialisation and data order")
+        if stage.target == "launch":
+            sub.add_argument("--status", action="store_true", help="print the table of cells (pending, running, done, failed) and exit")
+            sub.add_argument("--no-wait", action="store_true", help="submit and return (slurm); a later launch picks the jobs up again")
     return parser
 
 
@@ -81,6 +88,8 @@ def stage_arguments(params: dict, args: argparse.Namespace) -> dict:
         return {}
     if target == "notebook":
         return {"name": args.name}
+    if target == "launch":
+        return {"params_path": args.params, "overrides": args.overrides, "show": args.status, "wait": not args.no_wait}
     dataset_params(params, args.dataset)
     if target == "dataset":
         return {"dataset": args.dataset}
@@ -89,7 +98,7 @@ def stage_arguments(params: dict, args: argparse.Namespace) -> dict:
 
 
 # What a user or the machine can cause: a one-line error and exit status 2, never a traceback.
-# (ParamsError, DataError, CheckpointError and RunInUse are ValueErrors, WriteError an OSError.)
+# (ParamsError, DataError, CheckpointError and InUse are ValueErrors, WriteError an OSError.)
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, PermissionError, FloatingPointError, WriteError)
 
 
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = getattr(importlib.import_module(f"{__package__}.{stage.module}"), stage.entry)
         entry(params, **stage_arguments(params, args))
     except KeyboardInterrupt:
-        again = "resume from the last checkpoint" if args.stage == "train" else "start the stage again"
+        again = "resume from the last checkpoint" if args.stage in ("train", "run") else "start the stage again"
         print(f"interrupted: nothing half-written was kept; run the same command again to {again}", file=sys.stderr)
         return 130
     except USER_ERRORS as error:

@@ -81,6 +81,13 @@ def dataset_params(params: dict, dataset: str) -> dict:
     return params["datasets"][dataset]
 
 
+def train_settings(params: dict, dataset: str) -> dict:
+    """The ``train`` settings of a run on ``dataset``: the ``train`` section with the dataset's own
+    ``train:`` entries in their place (a schedule per benchmark, as the paper's Cityscapes and VOC
+    schedules differ)."""
+    return params["train"] | dataset_params(params, dataset).get("train", {})
+
+
 def method_params(params: dict, method: str) -> tuple[str, dict]:
     """``(loss name, loss parameters)`` of a method; methods are named loss configurations."""
     if method not in params["methods"]:
@@ -142,6 +149,8 @@ class Validator:
         self.explain()
         if "bench" in self.params:
             self.bench()
+        if "launch" in self.params:
+            self.launch()
 
     def study(self) -> None:
         self.get("datasets", lambda v: isinstance(v, dict) and len(v) > 0, "a mapping of dataset names to settings")
@@ -207,6 +216,11 @@ class Validator:
         self.get("train.workers", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
         self.get("train.cache_decoded", lambda v: isinstance(v, bool), "true or false")
         self.get("train.amp", lambda v: v in ("off", "bf16", "fp16"), "one of off, bf16, fp16")
+        for name, spec in self.params["datasets"].items():
+            if "train" in spec:
+                overrides = self.get(f"datasets.{name}.train", lambda v: isinstance(v, dict) and set(v) <= set(self.params["train"]),
+                                     f"a mapping of train settings ({', '.join(self.params['train'])})")
+                Validator({"datasets": {name: {"train": self.params["train"] | overrides}}}, self.source).optimisation(f"datasets.{name}.train")
         self.get("evaluate.figure_images", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
         self.get("evaluate.calibration_bins", positive_int, "a positive integer")
 
@@ -275,3 +289,17 @@ class Validator:
                     self.fail(f"{prefix}.dataset names {entry['dataset']!r}, which is not under datasets")
             elif not all(key in entry for key in ("size", "batch", "classes")):
                 self.fail(f"{prefix} must give a dataset, or size, batch and classes, got {entry!r}")
+
+    def launch(self) -> None:
+        """How ``python -m paper_repro launch`` runs the cells (``paper_repro/launch.py``)."""
+        positive_int = lambda v: _is_int(v) and v > 0  # noqa: E731
+        self.get("launch.executor", lambda v: v in ("local", "slurm"), "local or slurm")
+        self.get("launch.workers", lambda v: v == "auto" or positive_int(v), "auto (one per visible GPU, else 1) or a positive integer")
+        self.get("launch.gpus_per_job", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+        self.get("launch.attempts", positive_int, "a positive integer")
+        self.get("launch.folder", lambda v: isinstance(v, str) and v != "", "a non-empty string")
+        self.get("launch.slurm.partition", lambda v: v is None or (isinstance(v, str) and v != ""), "a partition name or null")
+        for key in ("time_minutes", "cpus_per_job", "mem_gb"):
+            self.get(f"launch.slurm.{key}", positive_int, "a positive integer")
+        self.get("launch.slurm.setup", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                 "a list of shell lines run before each job")

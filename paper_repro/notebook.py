@@ -37,6 +37,9 @@ def setup(root: str | Path = "..", params_file: str | Path | None = None, sectio
     print("study:", json.dumps(params["study"]))
     train = params["train"]
     print("model:", params["model"]["name"], "| iterations:", train["iterations"], "| batch:", train["batch_size"], "| lr:", train["lr"])
+    for dataset, spec in params["datasets"].items():
+        if dataset in params["study"]["datasets"] and "train" in spec:
+            print(f"train settings of {dataset}:", json.dumps(spec["train"]))
     print("methods:", json.dumps({m: params["methods"][m] for m in params["study"]["methods"]}))
     for section in sections:
         print(f"{section}:", json.dumps(params[section]))

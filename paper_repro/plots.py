@@ -17,6 +17,17 @@ from .data import DATASET_KINDS
 PAPER_CITYSCAPES_TEST_DELTAS = {10: 0.076, 30: 1.848, 50: 1.137, 100: 1.063}
 METHOD_ORDER = ["ce", "ls", "pals"]
 
+# Sanity bands for a real preset's `ce`: the supervised-only DeepLabV3+ ResNet-101 baselines that
+# two semi-supervised segmentation papers report (U2PL, Wang et al. CVPR 2022, "SupOnly";
+# UniMatch, Yang et al. CVPR 2023, "SupBaseline"), by dataset kind, as (labelled images, images
+# in the training split, mIoU). Other papers' numbers with their own schedules, not this artifact's.
+PUBLISHED_SUPERVISED = {
+    ("cityscapes", "U2PL SupOnly"): [(186, 2975, 65.7), (372, 2975, 72.5), (744, 2975, 74.4), (1488, 2975, 77.8)],
+    ("cityscapes", "UniMatch SupBaseline"): [(186, 2975, 66.3), (372, 2975, 72.8), (744, 2975, 75.0), (1488, 2975, 78.0)],
+    ("voc", "U2PL SupOnly"): [(1464, 1464, 72.5)],
+    ("voc", "UniMatch SupBaseline"): [(1464, 1464, 73.5)],
+}
+
 
 def mean_std_table(table: pd.DataFrame, column: str, index: str = "method", columns: str = "percent") -> pd.DataFrame:
     """A pivot of ``"mean ± std"`` strings (2 decimals) from a report table with ``<column>_mean`` / ``_std``."""
@@ -96,3 +107,32 @@ def bench_scaling(aggregation: pd.DataFrame, time_ax: plt.Axes, memory_ax: plt.A
         ax.set(xscale="log", yscale="log", xlabel="N = h*w feature pixels per image", ylabel=label)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+
+
+def published_supervised() -> pd.DataFrame:
+    """:data:`PUBLISHED_SUPERVISED` as a table: kind, source, labelled, images, percent, miou."""
+    return pd.DataFrame([{"kind": kind, "source": source, "labelled": labelled, "images": images,
+                          "percent": round(100 * labelled / images, 2), "miou": miou}
+                         for (kind, source), points in PUBLISHED_SUPERVISED.items() for labelled, images, miou in points])
+
+
+def sanity_bands(main: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """The study's ``ce`` mean on each *real* dataset (no ``generate:``) beside the published
+    supervised baselines at the same labelled percent: each source's value interpolated linearly in
+    log(percent) between its published splits (none outside them), the band is their [min, max],
+    and ``outside`` the points by which the mean misses the band (0 inside it)."""
+    published, rows = published_supervised(), []
+    for (dataset, percent), ce in main[main["method"] == "ce"].set_index(["dataset", "percent"]).iterrows():
+        spec = params["datasets"][dataset]
+        if spec.get("generate") is not None:
+            continue
+        values = []
+        for _, points in published[published["kind"] == spec["kind"]].groupby("source"):
+            points = points.sort_values("percent")
+            if points["percent"].min() <= percent <= points["percent"].max():
+                values.append(float(np.interp(np.log(percent), np.log(points["percent"]), points["miou"])))
+        low, high = (min(values), max(values)) if values else (np.nan, np.nan)
+        outside = max(low - ce["miou_mean"], ce["miou_mean"] - high, 0.0) if values else np.nan
+        rows.append({"dataset": dataset, "percent": percent, "ce_mean": ce["miou_mean"], "ce_std": ce["miou_std"],
+                     "band_low": low, "band_high": high, "outside": outside})
+    return pd.DataFrame(rows, columns=["dataset", "percent", "ce_mean", "ce_std", "band_low", "band_high", "outside"])

@@ -31,7 +31,7 @@ def load_runs(runs: list[Run], layout: Layout) -> pd.DataFrame:
     for run in runs:
         path = layout.metrics(run)
         if not path.is_file():
-            raise FileNotFoundError(f"missing metrics {path}; run the evaluate stage for it first")
+            raise FileNotFoundError(f"missing metrics {path}; run its run stage (train, then evaluate) first")
         metrics = json.loads(path.read_text())
         records.append({"dataset": run.dataset, "method": run.method, "percent": run.percent, "seed": run.seed,
                         "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"], "ece": metrics["ece"]}

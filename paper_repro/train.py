@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import csv
 import ctypes
-import fcntl
 import hashlib
 import logging
 import os
 import platform
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +34,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .atomic import save_torch, write_rows
+from .atomic import exclusive_lock, save_torch, write_rows
 from .checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, restore_rng_states, rng_states, seed_everything
-from .config import dataset_params, method_loss, method_params
+from .config import dataset_params, method_loss, method_params, train_settings
 from .data import open_dataset
 from .data.transforms import train_transforms
 from .layout import Layout, Run
@@ -49,10 +46,6 @@ from .subsets import read_manifest
 log = logging.getLogger(__name__)
 LOG_FIELDS = ("iteration", "loss", "lr", "data_seconds", "step_seconds")
 TIMING_FIELDS = ("data_seconds", "step_seconds")  # in the CSV log only: the checkpoint holds what defines the weights
-
-
-class RunInUse(ValueError):
-    """Another process is training the same run."""
 
 
 def derived_seed(seed: int, purpose: int, counter: int) -> int:
@@ -106,7 +99,7 @@ def open_training_data(params: dict, dataset: str, ids: list[str] | None = None)
     spec = dataset_params(params, dataset)
     transforms = train_transforms(spec["crop"], spec["base_size"], spec["scale_range"])
     data = open_dataset(spec, spec["train_split"], ids, transforms)
-    return data.keep_decoded() if params["train"]["cache_decoded"] else data
+    return data.keep_decoded() if train_settings(params, dataset)["cache_decoded"] else data
 
 
 def training_loader(data: Dataset, settings: dict, seed: int, start: int = 0, rank: int = 0, world: int = 1,
@@ -189,30 +182,8 @@ def run_config(params: dict, run: Run, data) -> dict:
     return {
         "dataset": run.dataset, "method": run.method, "percent": run.percent, "seed": run.seed, "files": files_fingerprint(data.files),
         "data": data_spec, "loss": method_params(params, run.method), "model": params["model"],
-        "train": {key: value for key, value in params["train"].items() if key not in RESUMABLE_ACROSS},
+        "train": {key: value for key, value in train_settings(params, run.dataset).items() if key not in RESUMABLE_ACROSS},
     }
-
-
-@contextmanager
-def run_lock(path: Path, run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` while training into ``run_dir`` (released when the process ends, however it ends)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunInUse(f"{run_dir} is being trained by {holder} (lock {path}); wait for it to finish or stop it") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {platform.node()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
 
 
 def usable_checkpoint(path: Path, config: dict, device: torch.device, move_aside: bool) -> dict | None:
@@ -280,14 +251,15 @@ def train(params: dict, run: Run, layout: Layout = Layout()) -> Path:
     rank, world, device = setup_distributed()
     if rank > 0:
         return train_unlocked(params, run, layout, rank, world, device)
-    with run_lock(layout.run_lock(run), layout.run_dir(run)):
+    busy = f"{layout.run_dir(run)} is being trained by {{holder}} (lock {{lock}}); wait for it to finish or stop it"
+    with exclusive_lock(layout.run_lock(run), busy):
         return train_unlocked(params, run, layout, rank, world, device)
 
 
 def train_unlocked(params: dict, run: Run, layout: Layout, rank: int, world: int, device: torch.device) -> Path:
     keep_freed_memory()
     spec = dataset_params(params, run.dataset)
-    settings = params["train"]
+    settings = train_settings(params, run.dataset)
 
     data = open_training_data(params, run.dataset, read_manifest(layout.manifest(run.dataset, run.seed, run.percent)))
     config = run_config(params, run, data)

@@ -1,6 +1,7 @@
 """Parameters, presets and the command line: validation and one-line errors for user mistakes."""
 
 import re
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import yaml
 from conftest import ROOT, TINY_PARAMS, run_cli
 from paper_repro.cli import STAGES, main
 from paper_repro.config import ParamsError, apply_override, load_params
+from paper_repro.layout import Layout, Run
 
 PARAMETER_FILES = [ROOT / "params.yaml", *sorted((ROOT / "presets").glob("*.yaml"))]
 
@@ -184,9 +186,12 @@ def test_dvc_pipeline_expands_to_the_full_study():
     params = load_params(ROOT / "params.yaml")
     study = params["study"]
     runs = len(study["datasets"]) * len(study["methods"]) * len(study["fractions"]) * len(study["seeds"])
-    assert sum(name.startswith("train@") for name in names) == runs
-    assert sum(name.startswith("evaluate@") for name in names) == runs
-    assert "train@synthetic-cityscapes-pals-10-0" in names and "report" in names
+    assert sum(name.startswith("run@") for name in names) == runs
+    assert "run@synthetic-cityscapes-pals-10-0" in names and "report" in names
+    # the launcher's cells are exactly DVC's run and run_ablation stages, by name
+    from paper_repro.launch import cells_of
+
+    assert sorted(cell.name for cell in cells_of(params)) == sorted(name for name in names if name.startswith("run"))
 
 
 @pytest.mark.parametrize("path", PARAMETER_FILES, ids=lambda p: p.name)
@@ -230,3 +235,25 @@ def test_bench_writes_its_schema_on_a_tiny_size(tiny_workspace):
     assert [r["dataset"] for r in report["loader"]] == ["tiny-streets", "tiny-objects"]
     assert report["loader"][0]["batch"] == 2 and 0 < report["loader"][0]["loader_share_of_iteration"] < 1
     assert "pals_step_median_s" not in report["loader"][1]  # no step case at that dataset's size
+
+
+def test_a_dataset_may_set_its_own_train_settings(tmp_path, tiny_workspace):
+    """``datasets.<name>.train`` replaces entries of ``train`` for that dataset's runs, validated alike."""
+    from paper_repro.config import train_settings
+
+    spec = TINY_PARAMS["datasets"]["tiny-streets"]
+    params = TINY_PARAMS | {"datasets": {"tiny-streets": spec | {"train": {"iterations": 3}}}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    settings = train_settings(load_params(path), "tiny-streets")
+    assert settings == TINY_PARAMS["train"] | {"iterations": 3}
+    for override, message in (("{iterations: 0}", "datasets.tiny-streets.train.iterations must be a positive integer, got 0"),
+                              ("{epochs: 3}", "datasets.tiny-streets.train must be a mapping of train settings")):
+        with pytest.raises(ParamsError, match=re.escape(message)):
+            load_params(path, [f"datasets.tiny-streets.train={override}"])
+
+    for name in ("data", "subsets"):
+        shutil.copytree(tiny_workspace / name, tmp_path / name)
+    result = run_cli(tmp_path, "train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "0")
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / Layout(".").log(Run("tiny-streets", "ce", 50, 0))).read_text().splitlines()) == 1 + 3

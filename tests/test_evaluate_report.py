@@ -121,3 +121,29 @@ def test_explain_writes_every_methods_target_and_affinity_rows(tiny_workspace):
     assert (targets["pals"][np.arange(len(labels)), labels] >= 0.5).all()  # alpha = 0.5 on the label
     np.testing.assert_allclose(saved["affinity"].sum((1, 2)), 1.0, atol=1e-5)
     assert float(saved["tau"]) == 0.1 and float(saved["alpha"]) == 0.5
+
+
+def test_sanity_bands_by_hand():
+    """Published supervised baselines beside a real preset's ce: interpolation in log(percent) by hand."""
+    import math
+
+    from paper_repro.plots import sanity_bands
+
+    params = {"datasets": {"cityscapes": {"kind": "cityscapes"}, "voc": {"kind": "voc"},
+                           "synthetic-voc": {"kind": "voc", "generate": {"n_train": 8}}}}
+    main = pd.DataFrame([
+        {"dataset": "cityscapes", "method": "ce", "percent": 10, "miou_mean": 68.0, "miou_std": 1.0},
+        {"dataset": "cityscapes", "method": "pals", "percent": 10, "miou_mean": 99.0, "miou_std": 1.0},
+        {"dataset": "cityscapes", "method": "ce", "percent": 100, "miou_mean": 80.0, "miou_std": 1.0},
+        {"dataset": "voc", "method": "ce", "percent": 100, "miou_mean": 73.0, "miou_std": 0.5},
+        {"dataset": "synthetic-voc", "method": "ce", "percent": 100, "miou_mean": 50.0, "miou_std": 0.5},
+    ])
+    bands = sanity_bands(main, params).set_index(["dataset", "percent"])
+    assert list(bands.index) == [("cityscapes", 10), ("cityscapes", 100), ("voc", 100)]  # ce only, generated data skipped
+    t = math.log(10 / 6.25) / math.log(12.5 / 6.25)  # 10% between the 1/16 and 1/8 splits of 2975 images
+    low, high = 65.7 + t * (72.5 - 65.7), 66.3 + t * (72.8 - 66.3)  # U2PL, UniMatch
+    row = bands.loc[("cityscapes", 10)]
+    assert row.band_low == pytest.approx(low, abs=0.02) and row.band_high == pytest.approx(high, abs=0.02)
+    assert row.outside == pytest.approx(low - 68.0, abs=0.02)
+    assert math.isnan(bands.loc[("cityscapes", 100)].band_low)  # no published Cityscapes split at 100%
+    assert (bands.loc[("voc", 100)].band_low, bands.loc[("voc", 100)].band_high, bands.loc[("voc", 100)].outside) == (72.5, 73.5, 0.0)

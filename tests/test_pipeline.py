@@ -15,7 +15,7 @@ from paper_repro.layout import Layout, Run
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # A study of two runs, so that report and explain can run too.
 PARAMS = TINY_PARAMS | {"study": TINY_PARAMS["study"] | {"fractions": [50]}, "model": TINY_PARAMS["model"] | {"pretrained_backbone": True}}
-STAGES = ["generate", "subsets", "pretrain", "train", "evaluate", "report", "explain"]  # in data-flow order
+STAGES = ["generate", "subsets", "pretrain", "run", "report", "explain"]  # in data-flow order
 DATASET = "tiny-streets"
 RUN = Run(DATASET, "pals", 50, 0)  # the explained run (TINY_PARAMS's explain section)
 ITEM = {"${item.dataset}": RUN.dataset, "${item.method}": RUN.method, "${item.fraction}": str(RUN.percent), "${item.seed}": str(RUN.seed),
@@ -68,8 +68,8 @@ def stage_runs(tmp_path_factory) -> tuple[Path, dict[str, set[str]]]:
     for stage in STAGES:
         log = workspace / f"{stage}.modules"
         log.touch()
-        runs = [RUN] if stage in ("train", "evaluate") else [None]
-        if stage in ("train", "evaluate"):  # report needs every run of the study
+        runs = [None]
+        if stage == "run":  # report needs every run of the study
             runs = [Run(DATASET, method, 50, 0) for method in PARAMS["study"]["methods"]]
         for run in runs:
             extra = {"${item.method}": run.method} if run else {}
@@ -87,9 +87,8 @@ def test_stage_declares_exactly_the_code_its_command_loads(stage_runs, stage):
 
 
 def test_ablation_stages_run_the_study_stages_code():
-    for stage in ("train", "evaluate"):
-        assert PIPELINE[f"{stage}_ablation"]["cmd"] == PIPELINE[stage]["cmd"]
-        assert PIPELINE[f"{stage}_ablation"]["deps"] == PIPELINE[stage]["deps"]
+    for key in ("cmd", "deps", "params", "outs", "metrics", "plots"):
+        assert PIPELINE["run_ablation"][key] == PIPELINE["run"][key]
 
 
 def test_notebook_stages_declare_exactly_the_code_the_notebooks_load(tmp_path):
@@ -122,8 +121,7 @@ def expected_outputs(stage: str, layout: Layout) -> set[Path]:
         "generate": {layout.data(dataset), layout.data_summary(dataset), layout.samples(dataset)},
         "pretrain": {layout.pretrained_backbone(), layout.pretrain_log(), layout.pretrain_metrics()},
         "subsets": {layout.manifests(dataset), layout.coverage(dataset)},
-        "train": {layout.run_dir(run), layout.log(run)},
-        "evaluate": {layout.predictions(run), layout.metrics(run)},
+        "run": {layout.run_dir(run), layout.log(run), layout.predictions(run), layout.metrics(run)},
         "report": {layout.table("main").parent},
         "explain": {layout.explanation(dataset)},
     }[stage]
@@ -149,10 +147,9 @@ def test_stage_outputs_are_the_layouts_and_are_written_there(stage_runs, stage):
 def test_stage_inputs_are_the_layouts():
     layout = Layout(".")
     deps = {stage: {Path(substitute(d)) for d in PIPELINE[stage]["deps"] if not d.startswith("paper_repro/")}
-            for stage in ("subsets", "train", "evaluate", "report", "explain")}
+            for stage in ("subsets", "run", "report", "explain")}
     assert deps["subsets"] == {layout.data(DATASET)}
-    assert deps["train"] == {layout.data(DATASET), layout.manifest(DATASET, RUN.seed, RUN.percent), layout.pretrained_backbone()}
-    assert deps["evaluate"] == {layout.data(DATASET), layout.run_dir(RUN)}
+    assert deps["run"] == {layout.data(DATASET), layout.manifest(DATASET, RUN.seed, RUN.percent), layout.pretrained_backbone()}
     assert deps["report"] == {layout.metrics(RUN).parent.parent}
     assert deps["explain"] == {layout.data(DATASET), layout.run_dir(RUN)}
     notebook, name = PIPELINE["notebooks"]["do"], "02_main_results"

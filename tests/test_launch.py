@@ -1,0 +1,232 @@
+"""``python -m paper_repro launch`` on a tiny DVC study: parallel local jobs record what a serial
+``dvc repro`` records; a killed job is submitted again and resumes to the same weights; a cell
+with a data or parameter error fails once, naming its log; SLURM submissions are written
+through submitit against stand-in ``sbatch`` / ``sacct`` commands."""
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, TINY_PARAMS
+from paper_repro.atomic import exclusive_lock
+from paper_repro.launch import Cell, cells_of
+from paper_repro.layout import Layout, Run
+
+LAUNCH = {"executor": "local", "workers": 2, "gpus_per_job": 0, "attempts": 3, "folder": "launch",
+          "slurm": {"partition": None, "time_minutes": 60, "cpus_per_job": 2, "mem_gb": 4, "setup": ["echo job setup"]}}
+PARAMS = TINY_PARAMS | {
+    "methods": TINY_PARAMS["methods"] | {"pals_uniform": {"loss": "pals_uniform", "alpha": 0.5, "T": 1.0}},
+    "ablation": {"datasets": ["tiny-streets"], "methods": ["pals_uniform"], "fractions": [50], "seeds": [0]},
+    "launch": LAUNCH,
+}
+ENV = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1"}
+
+
+def command(workspace: Path, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=workspace, env=os.environ | ENV | (env_extra or {}),
+                          capture_output=True, text=True)
+
+
+def make_study(folder: Path, params: dict) -> Path:
+    """A git + DVC workspace with this repository's pipeline (its notebooks aside) and ``params``."""
+    folder.mkdir()
+    shutil.copytree(ROOT / "paper_repro", folder / "paper_repro", ignore=shutil.ignore_patterns("__pycache__"))
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    del stages["notebooks"]
+    (folder / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (folder / ".gitignore").write_text("/launch/\n")
+    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
+    assert command(folder, "dvc", "init", "-q").returncode == 0
+    return folder
+
+
+def lock_entries(workspace: Path) -> dict:
+    return yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+
+
+def test_parallel_jobs_record_what_a_serial_repro_records(tmp_path):
+    serial, parallel = make_study(tmp_path / "serial", PARAMS), make_study(tmp_path / "parallel", PARAMS)
+    assert command(serial, "dvc", "repro").returncode == 0
+
+    launched = command(parallel, "paper_repro", "launch")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "5 cells done and recorded" in launched.stdout
+    finished = command(parallel, "dvc", "repro")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    ran = {line.split("'")[1] for line in finished.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"report", "explain@tiny-streets"}  # every cell was recorded; nothing upstream reran
+    assert "Data and pipelines are up to date." in command(parallel, "dvc", "status").stdout
+
+    layout, cells = Layout("."), cells_of(PARAMS)
+    assert len(cells) == 5
+    for cell in cells:
+        assert (parallel / layout.metrics(cell.run)).read_bytes() == (serial / layout.metrics(cell.run)).read_bytes()
+        # the recorded weights, predictions and metrics; the CSV log also holds seconds per iteration
+        outputs = [{entry["path"]: entry for entry in lock_entries(study)[cell.name]["outs"]} for study in (parallel, serial)]
+        timed = str(layout.log(cell.run))
+        assert outputs[0].keys() == outputs[1].keys() and timed in outputs[0]
+        assert all(outputs[0][path] == outputs[1][path] for path in outputs[0] if path != timed)
+        losses = [pd.read_csv(study / timed)[["iteration", "loss", "lr"]] for study in (parallel, serial)]
+        pd.testing.assert_frame_equal(*losses)
+    assert (parallel / layout.table("main")).read_bytes() == (serial / layout.table("main")).read_bytes()
+
+    status = command(parallel, "paper_repro", "launch", "--status")
+    assert status.returncode == 0
+    rows = [line.split() for line in status.stdout.splitlines()[1:]]
+    assert sorted(row[0] for row in rows) == sorted(cell.name for cell in cells)
+    assert all(row[1:3] == ["done", "1"] for row in rows)
+
+
+def process_of(run: Run) -> int | None:
+    """The pid of the ``python -m paper_repro run`` process training ``run``, if one is running."""
+    wanted = ["paper_repro", "run", "--dataset", run.dataset, "--method", run.method, "--fraction", str(run.percent)]
+    for entry in Path("/proc").iterdir():
+        try:
+            arguments = (entry / "cmdline").read_bytes().decode().split("\0")
+        except (OSError, ValueError):
+            continue
+        if all(word in arguments for word in wanted) and "launch" not in arguments:
+            return int(entry.name)
+    return None
+
+
+def test_a_killed_job_is_submitted_again_and_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    params = PARAMS | {"study": PARAMS["study"] | {"methods": ["ce", "pals"], "fractions": [50]},
+                       "train": PARAMS["train"] | {"iterations": 150, "checkpoint_every": 10},
+                       "launch": LAUNCH | {"workers": 1}}
+    workspace = make_study(tmp_path / "study", params)
+    run, layout = Run("tiny-streets", "ce", 50, 0), Layout(workspace)
+    killed = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 300
+        while time.time() < deadline and not layout.checkpoint(run).exists():
+            time.sleep(0.01)
+        pid = process_of(run)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(torch.load(layout.checkpoint(run), weights_only=False)["iteration"])
+
+    killer = threading.Thread(target=kill_after_first_checkpoint)
+    killer.start()
+    launched = command(workspace, "paper_repro", "launch")
+    killer.join()
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert killed and killed[0] < 150, "the training was not killed mid-run"
+
+    state = json.loads((workspace / "launch/state.json").read_text())
+    assert state[Cell("run", run).name]["attempt"] == 2 and state[Cell("run", run).name]["state"] == "done"
+    assert all(entry["attempt"] == 1 for name, entry in state.items() if name != Cell("run", run).name)
+    assert "resuming" in Path(state[Cell("run", run).name]["log"]).read_text()
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for name in ("params.yaml", "data", "subsets"):
+        (shutil.copytree if (workspace / name).is_dir() else shutil.copy)(workspace / name, reference / name)
+    trained = command(reference, "paper_repro", "train", "--dataset", run.dataset, "--method", run.method,
+                      "--fraction", str(run.percent), "--seed", str(run.seed))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    resumed = torch.load(layout.model(run), weights_only=True)["model"]
+    uninterrupted = torch.load(Layout(reference).model(run), weights_only=True)["model"]
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
+    assert "Data and pipelines are up to date." in command(workspace, "dvc", "status", "run", "run_ablation").stdout
+
+
+def test_a_cell_with_a_parameter_error_fails_once_and_names_its_log(tmp_path):
+    params = PARAMS | {"train": PARAMS["train"] | {"lr": 1e30}}  # the loss becomes nan: `run` exits with a one-line error
+    workspace = make_study(tmp_path / "study", params)
+    launched = command(workspace, "paper_repro", "launch")
+    assert launched.returncode == 2
+    [message] = launched.stderr.strip().splitlines()[-1:]
+    assert message.startswith("error: 5 of 5 cells failed: run@tiny-streets-ce-50-0 (exit status 2, log ")
+    state = json.loads((workspace / "launch/state.json").read_text())
+    assert all(entry["state"] == "failed" and entry["attempt"] == 1 for entry in state.values())
+    for entry in state.values():
+        assert entry["log"] in message and "error: loss became" in Path(entry["log"]).read_text()
+    status = command(workspace, "paper_repro", "launch", "--status").stdout
+    assert status.count(" failed ") == 5
+    assert not (workspace / "dvc.lock").exists() or not any(name.startswith("run") for name in lock_entries(workspace))
+
+
+FAKE_SBATCH = """#!/bin/bash
+echo "$@" >> "$SLURM_CALLS"
+echo "Submitted batch job $((4240 + $(wc -l < "$SLURM_CALLS")))"
+"""
+FAKE_SACCT = """#!/bin/bash
+echo "JobID|State|NodeList"
+while [ $# -gt 0 ]; do if [ "$1" = "-j" ]; then echo "$2|RUNNING|node1"; shift; fi; shift; done
+"""
+
+
+def test_slurm_jobs_carry_the_launch_parameters_and_are_never_submitted_twice(tmp_path):
+    workspace = make_study(tmp_path / "study", PARAMS)
+    bin_folder, calls = tmp_path / "bin", tmp_path / "sbatch-calls"
+    bin_folder.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("sacct", FAKE_SACCT), ("srun", "#!/bin/bash\nexit 1\n")):
+        (bin_folder / name).write_text(text)
+        (bin_folder / name).chmod(0o755)
+    env = {"PATH": f"{bin_folder}{os.pathsep}{os.environ['PATH']}", "SLURM_CALLS": str(calls)}
+    arguments = ["paper_repro", "launch", "--no-wait", "--set", "launch.executor=slurm", "--set", "launch.gpus_per_job=2",
+                 "--set", "launch.slurm.partition=gpu"]
+
+    first = command(workspace, *arguments, env_extra=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "5 cells queued or running on SLURM" in first.stdout
+    assert len(calls.read_text().splitlines()) == 5
+    state = json.loads((workspace / "launch/state.json").read_text())
+    cell = Cell("run", Run("tiny-streets", "pals", 100, 0))
+    folder = workspace / "launch" / "tiny-streets" / "pals-100-0"
+    script = (folder / f"{state[cell.name]['job']}_submission.sh").read_text()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --time=60", "#SBATCH --cpus-per-task=2",
+                 "#SBATCH --mem=4GB", f"#SBATCH --job-name={cell.name}", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1",
+                 "echo job setup", f"#SBATCH --output={folder}/%j_0_log.out"):
+        assert line in script.splitlines(), line
+    submission = pickle.loads((folder / f"{state[cell.name]['job']}_submitted.pkl").read_bytes())
+    assert submission.args == (cell.arguments(), 2, str(workspace))
+    assert cell.arguments() == ["run", "--dataset", "tiny-streets", "--method", "pals", "--fraction", "100", "--seed", "0"]
+
+    again = command(workspace, *arguments, env_extra=env)  # every job is still queued or running
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(calls.read_text().splitlines()) == 5
+    status = command(workspace, "paper_repro", "launch", "--status").stdout
+    assert status.count(" running ") == 5
+
+
+def test_a_second_launcher_fails_at_once_and_only_launch_parameters_may_be_overridden(tmp_path):
+    workspace = make_study(tmp_path / "study", PARAMS)
+    with exclusive_lock(workspace / "launch" / ".lock", "held by the test"):
+        second = command(workspace, "paper_repro", "launch")
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1].startswith("error: another launch (process ")
+    for arguments, expected in ((["--set", "train.lr=0.1"], "only launch.* may be overridden"),
+                                (["--params", "other.yaml"], "launch runs the cells with params.yaml"),
+                                (["--set", "launch.executor=pbs"], "launch.executor must be local or slurm"),
+                                (["--no-wait"], "launch --no-wait needs launch.executor: slurm"),
+                                (["--set", "launch.executor=slurm"], "this machine has no srun")):
+        if "--params" in arguments:
+            shutil.copy(workspace / "params.yaml", workspace / "other.yaml")
+        result = command(workspace, "paper_repro", "launch", *arguments)
+        assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert not (workspace / "launch" / "state.json").exists()
+
+
+@pytest.mark.parametrize("source", ["params.yaml", "presets/cityscapes.yaml", "presets/voc.yaml"])
+def test_every_shipped_parameter_file_can_launch(source):
+    from paper_repro.config import load_params
+
+    params = load_params(ROOT / source, ["launch.workers=2"])
+    assert params["launch"]["attempts"] >= 1 and len(cells_of(params)) > 0
