@@ -210,19 +210,22 @@ class Validator:
 
         self.get("model.name", lambda v: v in MODELS, f"one of {', '.join(MODELS)}")
         self.get("model.pretrained_backbone", lambda v: isinstance(v, bool), "true or false")
-        positive_int = lambda v: _is_int(v) and v > 0  # noqa: E731
-        self.optimisation("train")
-        self.get("train.checkpoint_every", positive_int, "a positive integer")
-        self.get("train.workers", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
-        self.get("train.cache_decoded", lambda v: isinstance(v, bool), "true or false")
-        self.get("train.amp", lambda v: v in ("off", "bf16", "fp16"), "one of off, bf16, fp16")
+        self.train("train")
         for name, spec in self.params["datasets"].items():
-            if "train" in spec:
+            if "train" in spec:  # a dataset's own train settings, checked as the whole section they complete
                 overrides = self.get(f"datasets.{name}.train", lambda v: isinstance(v, dict) and set(v) <= set(self.params["train"]),
                                      f"a mapping of train settings ({', '.join(self.params['train'])})")
-                Validator({"datasets": {name: {"train": self.params["train"] | overrides}}}, self.source).optimisation(f"datasets.{name}.train")
+                Validator({"datasets": {name: {"train": self.params["train"] | overrides}}}, self.source).train(f"datasets.{name}.train")
         self.get("evaluate.figure_images", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
-        self.get("evaluate.calibration_bins", positive_int, "a positive integer")
+        self.get("evaluate.calibration_bins", lambda v: _is_int(v) and v > 0, "a positive integer")
+
+    def train(self, section: str) -> None:
+        """The settings ``paper_repro/train.py`` reads, in ``train`` or a dataset's ``train``."""
+        self.optimisation(section)
+        self.get(f"{section}.checkpoint_every", lambda v: _is_int(v) and v > 0, "a positive integer")
+        self.get(f"{section}.workers", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+        self.get(f"{section}.cache_decoded", lambda v: isinstance(v, bool), "true or false")
+        self.get(f"{section}.amp", lambda v: v in ("off", "bf16", "fp16"), "one of off, bf16, fp16")
 
     def optimisation(self, section: str) -> None:
         """The SGD and schedule settings that ``train.build_optimisation`` reads, for ``train`` or ``pretrain``."""

@@ -193,11 +193,11 @@ class Launcher:
         dvc("repro", *UPSTREAM)
         cells = stale_cells(cells_of(self.params))
         log.info("%d cells to run, %s executor", len(cells), self.settings["executor"])
-        running: dict[Cell, tuple[submitit.Job, tuple[int, ...]]] = {}
+        running: dict[Cell, tuple[submitit.Job, int | None]] = {}  # cell -> (job, its local slot)
         queue = []
         for cell in cells:  # a SLURM job recorded as running is watched (or its end taken), never submitted twice
             if not local and self.state.get(cell.name, {}).get("state") == "running":
-                running[cell] = (self.job(cell), ())
+                running[cell] = (self.job(cell), None)
             else:
                 self.record(cell, state="pending", attempt=0, reason=None)
                 queue.append(cell)
@@ -205,16 +205,17 @@ class Launcher:
         progress = tqdm(total=len(cells), desc="cells", unit="cell")
         failed = []
         while queue or running:
-            free = [slot for slot in self.slots if slot not in {gpus for _, gpus in running.values()}] if local else [()] * len(queue)
+            busy = {slot for _, slot in running.values()}
+            free = [slot for slot in range(len(self.slots)) if slot not in busy] if local else [None] * len(queue)
             while queue and len(running) < capacity:
-                cell, gpus = queue.pop(0), free.pop(0)
-                running[cell] = (self.submit(cell, gpus), gpus)
+                cell, slot = queue.pop(0), free.pop(0)
+                running[cell] = (self.submit(cell, self.slots[slot] if local else ()), slot)
             if not wait:
                 print(f"{len(running)} cells queued or running on SLURM; `python -m paper_repro launch` again waits for them "
                       "and records them in DVC, `--status` shows them")
                 return
             finished = []
-            for cell, (job, gpus) in list(running.items()):
+            for cell, (job, _) in list(running.items()):
                 if not job.done():
                     continue
                 del running[cell]

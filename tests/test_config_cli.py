@@ -248,6 +248,8 @@ def test_a_dataset_may_set_its_own_train_settings(tmp_path, tiny_workspace):
     settings = train_settings(load_params(path), "tiny-streets")
     assert settings == TINY_PARAMS["train"] | {"iterations": 3}
     for override, message in (("{iterations: 0}", "datasets.tiny-streets.train.iterations must be a positive integer, got 0"),
+                              ("{checkpoint_every: 0}", "datasets.tiny-streets.train.checkpoint_every must be a positive integer, got 0"),
+                              ("{amp: fp8}", "datasets.tiny-streets.train.amp must be one of off, bf16, fp16, got 'fp8'"),
                               ("{epochs: 3}", "datasets.tiny-streets.train must be a mapping of train settings")):
         with pytest.raises(ParamsError, match=re.escape(message)):
             load_params(path, [f"datasets.tiny-streets.train={override}"])

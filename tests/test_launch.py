@@ -61,9 +61,26 @@ def test_parallel_jobs_record_what_a_serial_repro_records(tmp_path):
     serial, parallel = make_study(tmp_path / "serial", PARAMS), make_study(tmp_path / "parallel", PARAMS)
     assert command(serial, "dvc", "repro").returncode == 0
 
-    launched = command(parallel, "paper_repro", "launch")
+    devices, watching = [], threading.Event()  # CUDA_VISIBLE_DEVICES of the cells running at each moment
+
+    def watch():
+        while not watching.is_set():
+            seen = (visible_devices(pid) for pid in processes_of(["paper_repro", "run"]))
+            devices.append(sorted(device for device in seen if device is not None))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    # one "GPU" per job: on this CPU-only machine the cells still run on the CPU, but each job's
+    # CUDA_VISIBLE_DEVICES shows which slot it holds
+    launched = command(parallel, "paper_repro", "launch", "--set", "launch.gpus_per_job=1")
+    watching.set()
+    watcher.join()
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "5 cells done and recorded" in launched.stdout
+    assert ["0", "1"] in devices  # two cells at once, on slots of their own
+    assert all(len(moment) == len(set(moment)) and len(moment) <= 2 for moment in devices)
+    assert {device for moment in devices for device in moment} == {"0", "1"}
     finished = command(parallel, "dvc", "repro")
     assert finished.returncode == 0, finished.stderr[-3000:]
     ran = {line.split("'")[1] for line in finished.stdout.splitlines() if line.startswith("Running stage")}
@@ -90,17 +107,25 @@ def test_parallel_jobs_record_what_a_serial_repro_records(tmp_path):
     assert all(row[1:3] == ["done", "1"] for row in rows)
 
 
-def process_of(run: Run) -> int | None:
-    """The pid of the ``python -m paper_repro run`` process training ``run``, if one is running."""
-    wanted = ["paper_repro", "run", "--dataset", run.dataset, "--method", run.method, "--fraction", str(run.percent)]
+def processes_of(words: list[str]) -> list[int]:
+    """The pids of the processes whose command line holds every one of ``words``."""
+    pids = []
     for entry in Path("/proc").iterdir():
         try:
             arguments = (entry / "cmdline").read_bytes().decode().split("\0")
         except (OSError, ValueError):
             continue
-        if all(word in arguments for word in wanted) and "launch" not in arguments:
-            return int(entry.name)
-    return None
+        if all(word in arguments for word in words):
+            pids.append(int(entry.name))
+    return pids
+
+
+def visible_devices(pid: int) -> str | None:
+    try:
+        environment = (Path("/proc") / str(pid) / "environ").read_bytes().decode().split("\0")
+    except (OSError, ValueError):
+        return None
+    return next((item.split("=", 1)[1] for item in environment if item.startswith("CUDA_VISIBLE_DEVICES=")), None)
 
 
 def test_a_killed_job_is_submitted_again_and_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
@@ -115,9 +140,9 @@ def test_a_killed_job_is_submitted_again_and_resumes_to_the_weights_of_an_uninte
         deadline = time.time() + 300
         while time.time() < deadline and not layout.checkpoint(run).exists():
             time.sleep(0.01)
-        pid = process_of(run)
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
+        pids = processes_of(["paper_repro", "run", "--dataset", run.dataset, "--method", run.method, "--fraction", str(run.percent)])
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
             killed.append(torch.load(layout.checkpoint(run), weights_only=False)["iteration"])
 
     killer = threading.Thread(target=kill_after_first_checkpoint)
