@@ -238,9 +238,10 @@ class Launcher:
 
     def table(self) -> pd.DataFrame:
         """pending / running / done / failed per cell, with its attempts, job and log."""
-        stale = {cell.name for cell in stale_cells(cells_of(self.params))}
+        cells = cells_of(self.params)
+        stale = {cell.name for cell in stale_cells(cells)}
         rows = []
-        for cell in cells_of(self.params):
+        for cell in cells:
             entry = self.state.get(cell.name, {})
             state = "done" if cell.name not in stale else entry.get("state") if entry.get("state") in ("running", "failed") else "pending"
             rows.append({"cell": cell.name, "state": state,
