@@ -24,13 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
-class WriteError(OSError):
-    """An output could not be written; the message names it and says why."""
-
-
-class InUse(ValueError):
-    """Another process holds the lock: it is already doing this work."""
+from .errors import InUse, WriteError
 
 
 @contextmanager

@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import CheckpointError
+
 RESUME_KEYS = ("config", "iteration", "log", "model", "optimizer", "scheduler", "scaler", "rng")
 MODEL_KEYS = ("config", "model")
 BACKBONE_KEYS = ("config", "backbone")  # the pretrain stage's backbone weights
-
-
-class CheckpointError(ValueError):
-    """A file that is not a checkpoint of this project; the message names it and says why."""
 
 
 def load_checkpoint(path: str | Path, keys: tuple[str, ...], device: torch.device | str = "cpu") -> dict:

@@ -21,8 +21,8 @@ import logging
 import sys
 from typing import NamedTuple
 
-from .atomic import WriteError
-from .config import ParamsError, dataset_params, load_params, method_params
+from .config import dataset_params, load_params, method_params
+from .errors import ParamsError, UserError
 
 class Stage(NamedTuple):
     module: str  # paper_repro.<module> holds the stage's work
@@ -97,9 +97,9 @@ def stage_arguments(params: dict, args: argparse.Namespace) -> dict:
     return {"run": Run(args.dataset, args.method, args.fraction, args.seed)}
 
 
-# What a user or the machine can cause: a one-line error and exit status 2, never a traceback.
-# (ParamsError, DataError, CheckpointError and InUse are ValueErrors, WriteError an OSError.)
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, PermissionError, FloatingPointError, WriteError)
+# What a user or the machine can cause: a one-line error and exit status 2, never a traceback. The
+# project's own errors (paper_repro/errors.py), a missing input and a file it may not read.
+USER_ERRORS = (UserError, FileNotFoundError, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: nothing half-written was kept; run the same command again to {again}", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
         # an error raised in a data-loading worker arrives with the worker's traceback: its last line is the error
-        print(f"error: {str(message).strip().splitlines()[-1]}", file=sys.stderr)
+        print(f"error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
         return 2
     return 0
 

@@ -16,13 +16,11 @@ from typing import Any
 
 import yaml
 
+from .errors import ParamsError
+
 
 BASELINE = "ce"  # the study's baseline: every difference is measured against it
 ABLATED = "pals"  # the method the ablation's variants vary
-
-
-class ParamsError(ValueError):
-    """A parameter file or override that cannot be used; the message names the key."""
 
 
 class ParamsLoader(yaml.SafeLoader):

@@ -38,7 +38,7 @@ import submitit
 from tqdm.auto import tqdm
 
 from .atomic import exclusive_lock, write_json
-from .config import ParamsError
+from .errors import LaunchError, ParamsError
 from .layout import Run, runs_of
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ UPSTREAM = ("generate", "subsets", "pretrain")  # the stages whose outputs the c
 USER_ERROR = 2  # the exit status of `python -m paper_repro` after a one-line error: running it again cannot help
 POLL_SECONDS = 2.0
 LOCAL_TIMEOUT_MINUTES = 7 * 24 * 60  # submitit's local jobs are killed after their timeout (default 2 minutes)
-
-
-class LaunchError(ValueError):
-    """The launch cannot go on, or some cells failed; the message says which and where their logs are."""
 
 
 @dataclass(frozen=True)

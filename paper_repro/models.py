@@ -112,7 +112,7 @@ def _load_imagenet_weights(resnet: nn.Module, weights) -> None:
         state = weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError
         expected = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-        raise RuntimeError(
+        raise FileNotFoundError(
             f"ImageNet backbone weights are not available ({error}); download {weights.url} "
             f"to {expected} or run with pretrained_backbone=False"
         ) from error

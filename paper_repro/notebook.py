@@ -17,19 +17,24 @@ import pandas as pd
 
 from .atomic import write_text
 from .config import parse_yaml
+from .errors import NotebookError
 from .layout import Layout
+
+
+def show_figures_inline() -> None:
+    """Figures appear in the notebook, whatever ``MPLBACKEND`` says (no-op outside Jupyter)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.run_line_magic("matplotlib", "inline")
 
 
 def setup(root: str | Path = "..", params_file: str | Path | None = None, sections: tuple[str, ...] = ()) -> tuple[dict, Layout]:
     """``(params, layout)`` of the study under ``root``; prints what ran, plus the named extra ``sections``."""
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is not None:
-            shell.run_line_magic("matplotlib", "inline")
-    except ImportError:  # outside Jupyter: nothing to set up
-        pass
+    show_figures_inline()
     pd.set_option("display.precision", 2)
     params_file = Path(params_file) if params_file is not None else Path(root) / "params.yaml"
     params = parse_yaml(params_file.read_text())
@@ -44,10 +49,6 @@ def setup(root: str | Path = "..", params_file: str | Path | None = None, sectio
     for section in sections:
         print(f"{section}:", json.dumps(params[section]))
     return params, Layout(root)
-
-
-class NotebookError(ValueError):
-    """A notebook that cannot be executed or whose execution failed; the message names it."""
 
 
 def execute(params: dict, name: str, layout: Layout = Layout()) -> Path:

@@ -31,6 +31,7 @@ from .atomic import save_torch, write_json, write_rows
 from .checkpoint import seed_everything
 from .data.synthetic import SOURCE_CLASSES, draw_source_image
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .errors import TrainingDiverged
 from .layout import Layout
 from .metrics import average_precision
 from .models import SmallBackbone
@@ -114,7 +115,7 @@ def pretrain(params: dict, layout: Layout = Layout()) -> dict:
         rows.append({"iteration": iteration, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0]})
         scheduler.step()
         if not np.isfinite(rows[-1]["loss"]):
-            raise FloatingPointError(f"pretraining loss became {rows[-1]['loss']} at iteration {iteration}; lower pretrain.lr")
+            raise TrainingDiverged(f"pretraining loss became {rows[-1]['loss']} at iteration {iteration}; lower pretrain.lr")
 
     scores = held_out_scores(model, held_images, device)
     per_class = [average_precision(scores[:, k], held_presence[:, k]) for k in range(len(SOURCE_CLASSES))]

@@ -25,14 +25,18 @@ log = logging.getLogger(__name__)
 GROUP = ["dataset", "method", "percent"]
 
 
+def read_metrics(run: Run, layout: Layout) -> dict:
+    path = layout.metrics(run)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing metrics {path}; run its run stage (train, then evaluate) first")
+    return json.loads(path.read_text())
+
+
 def load_runs(runs: list[Run], layout: Layout) -> pd.DataFrame:
     """One row per run: dataset, method, percent, seed, miou, pixel_accuracy, ece, iou_<class>..."""
     records = []
     for run in runs:
-        path = layout.metrics(run)
-        if not path.is_file():
-            raise FileNotFoundError(f"missing metrics {path}; run its run stage (train, then evaluate) first")
-        metrics = json.loads(path.read_text())
+        metrics = read_metrics(run, layout)
         records.append({"dataset": run.dataset, "method": run.method, "percent": run.percent, "seed": run.seed,
                         "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"], "ece": metrics["ece"]}
                        | {f"iou_{name}": value for name, value in metrics["iou"].items()})
@@ -79,10 +83,12 @@ def with_paired(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     return summarise(runs, column).merge(paired_differences(runs, column).round(4), on=GROUP)
 
 
-def per_class(runs: pd.DataFrame) -> pd.DataFrame:
-    """Long table: dataset, method, percent, class, IoU mean and std over seeds."""
-    long = runs.melt(id_vars=GROUP + ["seed"], value_vars=[c for c in runs if c.startswith("iou_")], var_name="class", value_name="iou")
-    long["class"] = long["class"].str.removeprefix("iou_")
+def per_class(runs: list[Run], layout: Layout) -> pd.DataFrame:
+    """Long table: dataset, method, percent, class (each dataset's own classes, in its order), IoU mean,
+    std and n over the seeds where the class occurs in the evaluation split (its IoU is defined)."""
+    long = pd.DataFrame.from_records(
+        [{"dataset": run.dataset, "method": run.method, "percent": run.percent, "class": name, "iou": iou}
+         for run in runs for name, iou in read_metrics(run, layout)["iou"].items()]).astype({"iou": float})
     table = long.groupby(GROUP + ["class"], sort=False)["iou"].agg(["mean", "std", "count"]).reset_index()
     table.columns = GROUP + ["class", "iou_mean", "iou_std", "n"]
     return table.round(4)
@@ -90,12 +96,13 @@ def per_class(runs: pd.DataFrame) -> pd.DataFrame:
 
 def report(params: dict, layout: Layout = Layout()) -> dict[str, Path]:
     """Write the study's tables; returns their paths by name."""
-    runs = load_runs(runs_of(params), layout)
+    study = runs_of(params)
+    runs = load_runs(study, layout)
     tables = {
         "runs": runs.round(4),
         "main": with_paired(runs, "miou"),
         "calibration": with_paired(runs, "ece").merge(summarise(runs, "pixel_accuracy").drop(columns="n"), on=GROUP),
-        "per_class": per_class(runs),
+        "per_class": per_class(study, layout),
     }
     if "ablation" in params:  # the ablation's variants beside the study's ce and pals runs of the same fractions and seeds
         methods = [BASELINE, ABLATED, *params["ablation"]["methods"]]

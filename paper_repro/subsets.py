@@ -13,6 +13,7 @@ import numpy as np
 
 from . import IGNORE_INDEX
 from .atomic import write_table, write_text
+from .errors import DataError
 from .layout import Layout
 
 if TYPE_CHECKING:  # pandas is imported where it is used: training reads manifests without it
@@ -59,7 +60,7 @@ def read_manifest(path: str | Path) -> list[str]:
         raise FileNotFoundError(f"missing subset manifest {path}")
     ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not ids:
-        raise ValueError(f"subset manifest {path} lists no ids")
+        raise DataError(f"subset manifest {path} lists no ids")
     return ids
 
 

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .atomic import exclusive_lock, save_torch, write_rows
 from .checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, restore_rng_states, rng_states, seed_everything
+from .errors import TrainingDiverged
 from .config import dataset_params, method_loss, method_params, train_settings
 from .data import open_dataset
 from .data.transforms import train_transforms
@@ -307,7 +308,7 @@ def train_unlocked(params: dict, run: Run, layout: Layout, rank: int, world: int
         progress.update()
         progress.set_postfix(loss=f"{loss_value:.3f}")
         if not np.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at iteration {iteration + 1}; lower train.lr")
+            raise TrainingDiverged(f"loss became {loss_value} at iteration {iteration + 1}; lower train.lr")
         done = iteration + 1
         if rank == 0 and (done % settings["checkpoint_every"] == 0 or done == total):
             save_torch({

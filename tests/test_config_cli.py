@@ -1,5 +1,6 @@
 """Parameters, presets and the command line: validation and one-line errors for user mistakes."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from paper_repro.cli import STAGES, main
 from paper_repro.config import ParamsError, apply_override, load_params
 from paper_repro.layout import Layout, Run
 
+DVC_ENV = os.environ | {"DVC_NO_ANALYTICS": "1"}
 PARAMETER_FILES = [ROOT / "params.yaml", *sorted((ROOT / "presets").glob("*.yaml"))]
 
 
@@ -144,8 +146,27 @@ def test_every_stage_explains_itself(stage, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([stage, "--help"])
     assert exit_.value.code == 0
-    text = capsys.readouterr().out
-    assert "--params" in text and "--set" in text and STAGES[stage].help.split()[0] in text
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert text.startswith(f"usage: python -m paper_repro {stage} [-h] [--params PARAMS] [--set KEY=VALUE]")
+    assert STAGES[stage].help in text  # the stage's own description, whole
+    expected = {"dataset": ["--dataset"], "run": ["--dataset", "--method", "--fraction", "--seed"], "notebook": ["--name"],
+                "launch": ["--status", "--no-wait"], None: []}[STAGES[stage].target]
+    offered = [option for option in ("--dataset", "--method", "--fraction", "--seed", "--name", "--status", "--no-wait") if f"{option} " in text]
+    assert offered == expected
+
+
+@pytest.mark.parametrize("error", [ValueError("a bug"), KeyError("a bug"), TypeError("a bug")], ids=lambda e: type(e).__name__)
+def test_programming_errors_keep_their_traceback(tmp_path, monkeypatch, error):
+    """Only the project's own errors and a missing or unreadable file are one-line user errors."""
+    import paper_repro.report
+
+    def broken(params):
+        raise error
+
+    monkeypatch.setattr(paper_repro.report, "report", broken)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    with pytest.raises(type(error), match="a bug"):
+        main(["report", "--params", str(tmp_path / "params.yaml")])
 
 
 @pytest.mark.parametrize(
@@ -180,7 +201,7 @@ def test_generated_dataset_must_live_in_its_stage_folder(tiny_workspace):
 
 
 def test_dvc_pipeline_expands_to_the_full_study():
-    result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True, env=DVC_ENV)
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
     params = load_params(ROOT / "params.yaml")
@@ -198,8 +219,8 @@ def test_dvc_pipeline_expands_to_the_full_study():
 def test_pipeline_resolves_with_every_parameter_file(tmp_path, path):
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     (tmp_path / "params.yaml").write_text(path.read_text())
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
-    result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=tmp_path, capture_output=True, text=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=DVC_ENV)
+    result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=tmp_path, capture_output=True, text=True, env=DVC_ENV)
     assert result.returncode == 0, result.stderr
     assert "report" in result.stdout and "notebooks@" in result.stdout
 

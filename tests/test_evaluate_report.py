@@ -13,7 +13,8 @@ from paper_repro.data import open_dataset
 from paper_repro.data.transforms import eval_transforms
 from paper_repro.explain import query_pixels
 from paper_repro.models import build_model
-from paper_repro.report import paired_differences, summarise
+from paper_repro.layout import Layout, Run
+from paper_repro.report import paired_differences, per_class, summarise
 
 
 def test_evaluation_matches_an_independent_recomputation(tiny_workspace):
@@ -84,6 +85,21 @@ def test_paired_intervals_by_hand():
     # one seed: no interval, nothing resolved
     single = paired_differences(runs[runs.seed == 0], "miou").set_index("method")
     assert np.isnan(single.loc["pals", "miou_ci_low"]) and not single.loc["pals", "miou_resolved"]
+
+
+def test_per_class_lists_each_datasets_own_classes(tmp_path):
+    """Two datasets with different class sets: no row of one dataset names a class of the other; a class
+    without IoU in a run (absent from its evaluation split) stays, counted over the runs that define it."""
+    layout = Layout(tmp_path)
+    ious = {Run("streets", "ce", 10, 0): {"road": 80.0, "sky": None}, Run("streets", "ce", 10, 1): {"road": 70.0, "sky": 90.0},
+            Run("objects", "ce", 10, 0): {"background": 60.0, "cat": 20.0, "dog": 30.0}}
+    for run, iou in ious.items():
+        layout.metrics(run).parent.mkdir(parents=True, exist_ok=True)
+        layout.metrics(run).write_text(json.dumps({"miou": 0, "pixel_accuracy": 0, "ece": 0, "iou": iou}))
+    table = per_class(list(ious), layout)
+    assert table[["dataset", "class", "iou_mean", "n"]].values.tolist() == [
+        ["streets", "road", 75.0, 2], ["streets", "sky", 90.0, 1],
+        ["objects", "background", 60.0, 1], ["objects", "cat", 20.0, 1], ["objects", "dog", 30.0, 1]]
 
 
 def test_summary_without_the_baseline_is_an_error_not_nan_deltas():

@@ -1,6 +1,7 @@
 """dvc.yaml against the code: every stage declares exactly the paper_repro files its command loads,
 and reads and writes where ``paper_repro.layout`` says."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -52,8 +53,9 @@ def loaded_code(log: Path) -> set[str]:
     return {str(path.relative_to(ROOT)) for path in files if path.is_relative_to(package)}
 
 
-def run_logged(command: str, workspace: Path, log: Path, hook: Path) -> None:
+def run_logged(command: str, workspace: Path, log: Path, hook: Path, env_extra: dict | None = None) -> None:
     env = os.environ | {"PYTHONPATH": f"{hook}{os.pathsep}{ROOT}", "LOADED_MODULES_LOG": str(log), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env |= env_extra or {}
     result = subprocess.run(["bash", "-c", command], cwd=workspace, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
 
@@ -92,7 +94,8 @@ def test_ablation_stages_run_the_study_stages_code():
 
 
 def test_notebook_stages_declare_exactly_the_code_the_notebooks_load(tmp_path):
-    """Each notebook stage's command, run on a copy of the committed results, with its kernel."""
+    """Each notebook stage's command, run on a copy of the committed results, with its kernel; with
+    ``MPLBACKEND=Agg`` set, every notebook that draws a figure still shows it."""
     for folder in ("results", "notebooks_src"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
@@ -105,12 +108,15 @@ def test_notebook_stages_declare_exactly_the_code_the_notebooks_load(tmp_path):
     for name in stage["foreach"]:
         log = tmp_path / f"{name}.modules"
         log.touch()
-        run_logged(stage["do"]["cmd"].replace("${item}", name), tmp_path, log, hook)
+        run_logged(stage["do"]["cmd"].replace("${item}", name), tmp_path, log, hook, {"MPLBACKEND": "Agg"})
         loaded = loaded_code(log)
         assert "paper_repro/plots.py" in loaded  # the kernel's modules are in the log too
         assert sorted(loaded - declared) == [], f"notebook {name} loads code the notebooks stage does not declare"
         used |= loaded
-        assert (tmp_path / Layout(".").notebook(name)).is_file()
+        executed = json.loads((tmp_path / Layout(".").notebook(name)).read_text())
+        for cell in executed["cells"]:
+            if cell["cell_type"] == "code" and "save_figure(" in "".join(cell["source"]):
+                assert any("image/png" in output.get("data", {}) for output in cell["outputs"]), f"{name}: a figure is not shown"
     assert sorted(declared - used) == [], "the notebooks stage declares code no notebook loads"
 
 

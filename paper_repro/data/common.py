@@ -13,11 +13,9 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import DataError
+
 UNDEFINED = -1  # marks label values a dataset does not define in a lookup table
-
-
-class DataError(ValueError):
-    """A dataset file or split that cannot be used; the message names it."""
 
 
 @contextmanager
@@ -65,7 +63,7 @@ class LabelledImages(Dataset):
             ids = list(ids)
             unknown = [sample_id for sample_id in ids if sample_id not in by_id]
             if unknown:
-                raise KeyError(f"{description}: {len(unknown)} requested ids are not in the split, e.g. {unknown[:3]}")
+                raise DataError(f"{description}: {len(unknown)} requested ids are not in the split, e.g. {unknown[:3]}")
         for sample_id in ids:
             for path in by_id[sample_id]:
                 if not path.is_file():
