@@ -18,18 +18,21 @@ import resource
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .atomic import write_json
-from .config import method_loss
-from .data import DATASET_KINDS
+from .data.synthetic import GENERATORS
 from .layout import Layout
-from .losses import aggregate_predictions
+from .losses import aggregate_predictions, loss_of
 from .models import build_model
-from .train import autocast_dtype, build_optimisation, keep_freed_memory, open_training_data, training_loader, training_step
+from .runtime import autocast_dtype, keep_freed_memory
+from .runtime import device as compute_device
+from .settings import Settings
+from .train import build_optimisation, open_training_data, training_loader, training_step
 
 
 def naive_aggregate(features: torch.Tensor, probs: torch.Tensor, tau: float) -> torch.Tensor:
@@ -82,13 +85,14 @@ STEP_METHODS = ("ce", "ls", "pals")
 
 def _training_step(case: dict, method: str):
     """A function running one iteration of training (``train.training_step``: forward, loss, backward,
-    SGD, learning-rate decay) of ``method`` with the study's loss and optimiser settings at the case's size."""
+    SGD, learning-rate decay) of ``method`` with the study's loss and optimiser settings at the case's size
+    (``case["losses"]``: the methods' loss settings, ``case["train"]``: the train settings)."""
     device = torch.device(case["device"])
     torch.manual_seed(0)
     model = build_model(case["model"], case["classes"]).to(device, memory_format=torch.channels_last)
-    criterion = method_loss(case["params"], method, case["classes"])
-    dtype = autocast_dtype(case["params"]["train"]["amp"], device)  # as training runs
-    settings = case["params"]["train"] | {"iterations": 10**6}  # no decay to zero within the bench
+    criterion = loss_of(case["losses"][method], case["classes"])
+    dtype = autocast_dtype(case["train"].amp, device)  # as training runs
+    settings = replace(case["train"], iterations=10**6)  # no decay to zero within the bench
     optimizer, scheduler, scaler = build_optimisation(model, settings, dtype, device)
     height, width = case["size"]
     images = torch.randn(case["batch"], 3, height, width).to(device, memory_format=torch.channels_last)
@@ -126,23 +130,22 @@ def step_memory(case: dict) -> float:
 
 
 def _loader_case(case: dict) -> dict:
-    """Median time per training batch of the real training loader (decode, augment, collate)."""
-    params = case["params"]
-    spec = params["datasets"][case["dataset"]]
+    """Median time per training batch of the real training loader (decode, augment, collate) of
+    ``case["spec"]`` with ``case["train"]``, the train settings of that dataset's runs."""
+    spec = case["spec"]
     with tempfile.TemporaryDirectory() as scratch:
-        if not Path(spec["root"]).exists():
-            if not spec.get("generate"):
-                raise FileNotFoundError(f"datasets.{case['dataset']}.root: {spec['root']} does not exist")
-            spec = spec | {"root": str(DATASET_KINDS[spec["kind"]].generator(Path(scratch) / case["dataset"], **spec["generate"]))}
-            params = params | {"datasets": params["datasets"] | {case["dataset"]: spec}}
-        settings = params["train"] | {"iterations": case["batches"]}
+        if not Path(spec.root).exists():
+            if not spec.generate:
+                raise FileNotFoundError(f"datasets.{spec.name}.root: {spec.root} does not exist")
+            spec = replace(spec, root=str(GENERATORS[spec.kind](Path(scratch) / spec.name, **spec.generate)))
+        settings = replace(case["train"], iterations=case["batches"])
         times, waited = [], time.perf_counter()
-        for _ in training_loader(open_training_data(params, case["dataset"]), settings, seed=0):
+        for _ in training_loader(open_training_data(spec, settings.cache_decoded), settings, seed=0):
             times.append(time.perf_counter() - waited)
             waited = time.perf_counter()
-    keep = {key: case[key] for key in ("dataset", "batches", "device")}
-    return keep | {"batch": settings["batch_size"], "workers": settings["workers"], "cache_decoded": settings["cache_decoded"],
-                   "median_s": statistics.median(times), "mean_s": statistics.fmean(times)}
+    keep = {key: case[key] for key in ("batches", "device")}
+    return {"dataset": spec.name} | keep | {"batch": settings.batch_size, "workers": settings.workers, "cache_decoded": settings.cache_decoded,
+                                            "median_s": statistics.median(times), "mean_s": statistics.fmean(times)}
 
 
 def _in_child(function, case: dict) -> dict:
@@ -165,23 +168,24 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def model_cases(params: dict) -> list[dict]:
-    """``bench.models`` entries resolved to ``{name, size, batch, classes}``; an entry naming a
-    ``dataset`` takes the crop, class count and batch size that the study trains it with."""
+def model_cases(study: Settings) -> list[dict]:
+    """``bench.models`` entries resolved to ``{name, size, batch, classes, train}``; an entry naming a
+    ``dataset`` takes the crop, class count and train settings that the study trains it with."""
     cases = []
-    for entry in params["bench"]["models"]:
+    for entry in study.bench["models"]:
+        train = study.train
         if "dataset" in entry:
-            spec = params["datasets"][entry["dataset"]]
-            entry = {"size": list(spec["crop"]), "batch": params["train"]["batch_size"], "classes": spec["num_classes"]} | entry
-        cases.append(entry)
+            spec, train = study.dataset(entry["dataset"]), study.train_of(entry["dataset"])
+            entry = {"size": list(spec.crop), "batch": train.batch_size, "classes": spec.num_classes} | entry
+        cases.append(entry | {"train": train})
     return cases
 
 
-def run_bench(params: dict, layout: Layout = Layout()) -> dict:
+def run_bench(study: Settings, layout: Layout = Layout()) -> dict:
     """Run every case of the ``bench:`` parameters; write and return
     ``{"device", "aggregation", "steps", "loader"}``."""
-    settings = params["bench"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    settings = study.bench
+    device = compute_device()
     aggregation = []
     for classes in settings["classes"]:
         for n in settings["tokens"]:
@@ -194,16 +198,19 @@ def run_bench(params: dict, layout: Layout = Layout()) -> dict:
                     case["token_budget"] = settings["token_budget"]
                 aggregation.append(_in_child(_aggregation_case, case))
     steps = []
-    for model_case in model_cases(params):
+    losses = {method: study.loss(method) for method in STEP_METHODS}
+    for model_case in model_cases(study):
         case = {key: model_case[key] for key in ("size", "batch", "classes")} | {
             "model": model_case["name"], "dataset": model_case.get("dataset"), "repeats": settings["step_repeats"],
-            "precision": str(autocast_dtype(params["train"]["amp"], device) or torch.float32).removeprefix("torch."),
+            "precision": str(autocast_dtype(model_case["train"].amp, device) or torch.float32).removeprefix("torch."),
             "device": str(device)}
-        medians = _in_child(step_times, case | {"params": params})
+        inputs = {"losses": losses, "train": model_case["train"]}
+        medians = _in_child(step_times, case | inputs)
         for method in STEP_METHODS:
-            peak = _in_child(step_memory, case | {"params": params, "method": method})
+            peak = _in_child(step_memory, case | inputs | {"method": method})
             steps.append(case | {"method": method, "median_s": medians[method], "peak_mb": peak})
-    loader = [_in_child(_loader_case, {"params": params, "dataset": dataset, "batches": settings["loader_batches"], "device": str(device)})
+    loader = [_in_child(_loader_case, {"spec": study.dataset(dataset), "train": study.train_of(dataset), "batches": settings["loader_batches"],
+                                       "device": str(device)})
               for dataset in settings["loader_datasets"]]
     by_case = {(r["variant"], r["n"], r["classes"]): r for r in aggregation}
     for row in aggregation:
@@ -224,13 +231,13 @@ def run_bench(params: dict, layout: Layout = Layout()) -> dict:
     return report
 
 
-def bench(params: dict, layout: Layout = Layout()) -> dict:
+def bench(study: Settings, layout: Layout = Layout()) -> dict:
     """The ``bench`` command: :func:`run_bench`, then its tables printed."""
     import json
 
     import pandas as pd
 
-    report = run_bench(params, layout)
+    report = run_bench(study, layout)
     print(json.dumps(report["device"]))
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         for section in ("aggregation", "steps", "loader"):

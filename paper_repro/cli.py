@@ -1,16 +1,22 @@
 """``python -m paper_repro <stage>``: the pipeline's stages as commands.
 
 Stages, in data-flow order: ``generate`` (write the synthetic tree, or check a real one),
-``subsets`` (nested label-fraction manifests and their class coverage), ``pretrain`` (the
-small backbone's weights), ``run`` (one cell of the matrix: ``train``, then ``evaluate``, which
+``subsets`` (nested label-percent manifests and their class coverage), ``pretrain`` (the
+small backbone's weights), ``run`` (one run of the study: ``train``, then ``evaluate``, which
 also exist on their own), ``report`` (tables over all runs) and ``explain`` (PALS at a few
-pixels, for the explanation figure); ``bench`` measures speed and memory and ``launch`` runs
-the matrix's cells as parallel jobs. Each reads
-``--params`` (default ``params.yaml``) with ``--set dotted.key=value`` overrides, spelled as
-``dvc exp run -S``. A user mistake ends with a one-line error and exit status 2.
+pixels, for the explanation figure); ``bench`` measures speed and memory, ``launch`` runs the
+study's runs as parallel jobs and ``preset`` writes a preset's effective parameters into
+``params.yaml``. Each reads ``--params`` (default ``params.yaml``) with ``--set dotted.key=value``
+overrides, spelled as ``dvc exp run -S``. A user mistake ends with a one-line error and exit
+status 2.
 
-This module only parses arguments and dispatches: each stage's work is the entry function
-of its own module (``STAGES``).
+In a DVC workspace (a ``dvc.yaml`` here) the stage commands write what ``dvc.yaml`` tracks, so
+they run with the parameters DVC records: ``params.yaml`` without overrides (but for
+``train.workers``, ``train.cache_decoded`` and ``train.checkpoint_every``, which change no
+output). Try other values with ``dvc exp run -S key=value``, or in a copy of the workspace.
+
+This module parses arguments, reads the settings once (``paper_repro/settings.py``) and hands
+each stage's entry function (``STAGES``) what it works on.
 """
 
 from __future__ import annotations
@@ -19,32 +25,38 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 from typing import NamedTuple
 
-from .config import dataset_params, load_params, method_params
+from .config import load_settings, write_preset
 from .errors import ParamsError, UserError
+from .settings import TrainSettings
+
 
 class Stage(NamedTuple):
     module: str  # paper_repro.<module> holds the stage's work
-    entry: str  # its entry function, called as entry(params, **target)
-    target: str | None  # what it works on: "dataset" (entry(params, dataset=...)), "run" (entry(params, run=Run(...))),
-    # "notebook" (entry(params, name=...)), "launch" (entry(params, params_path=..., overrides=..., show=..., wait=...)) or nothing
+    entry: str  # its entry function
+    target: str | None  # what it works on: "dataset" (entry(settings, DatasetSettings)), "run" (entry(RunSettings)),
+    # "notebook" (entry(name)), "launch" (entry(settings, params_path=..., overrides=..., show=..., wait=...)) or None (entry(settings))
     help: str
+    tracked: bool = True  # writes outputs dvc.yaml tracks
 
 
 STAGES = {
     "generate": Stage("generate", "generate", "dataset", "write the synthetic dataset tree (or check a real one) and summarise it"),
-    "subsets": Stage("subsets", "make_subsets", "dataset", "write nested label-fraction manifests per seed and their class coverage"),
+    "subsets": Stage("subsets", "make_subsets", "dataset", "write nested label-percent manifests per seed and their class coverage"),
     "pretrain": Stage("pretrain", "pretrain", None, "pretrain the deeplabv3plus_small backbone on a generated source task (the ImageNet analog)"),
-    "train": Stage("train", "train", "run", "train one run (dataset, method, fraction, seed), resuming from its last checkpoint"),
+    "train": Stage("train", "train", "run", "train one run (dataset, method, percent, seed), resuming from its last checkpoint"),
     "evaluate": Stage("evaluate", "evaluate", "run", "evaluate one trained run on the full-resolution evaluation split"),
-    "run": Stage("cell", "train_and_evaluate", "run", "train one run (resuming from its last checkpoint), then evaluate it: one cell of the matrix"),
+    "run": Stage("run", "run", "run", "train one run (resuming from its last checkpoint), then evaluate it: one run of the study"),
     "report": Stage("report", "report", None, "summarise all runs into tables (mean, std, n, delta vs ce)"),
     "explain": Stage("explain", "explain", "dataset", "save the affinity maps and targets of the run named by explain: at a few pixels of one image"),
     "notebook": Stage("notebook", "execute", "notebook", "execute one notebook of notebooks_src/ into notebooks/, written only once every cell has run"),
-    "bench": Stage("bench", "bench", None, "time and measure the memory of PALS aggregation (naive vs fused) and ce/ls/pals training steps"),
-    "launch": Stage("launch", "launch", "launch", "run the matrix cells that are missing or stale as parallel jobs (local or SLURM) and record them in DVC"),
+    "bench": Stage("bench", "bench", None, "time and measure the memory of PALS aggregation (naive vs fused) and ce/ls/pals training steps", False),
+    "launch": Stage("launch", "launch", "launch", "run the study's runs that are missing or stale as parallel jobs (local or SLURM) and record them in DVC", False),
+    "preset": Stage("config", "write_preset", "preset", "write a preset's effective parameters (merged over its base) into params.yaml, which DVC reads", False),
 }
+OUTPUT_NEUTRAL = tuple(f"train.{key}" for key in TrainSettings.RESUMABLE_ACROSS)  # overrides that change no output
 
 
 def percent(value: str) -> int:
@@ -62,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="stage", required=True, metavar="stage")
     for name, stage in STAGES.items():
         sub = commands.add_parser(name, help=stage.help, description=stage.help)
+        if stage.target == "preset":
+            sub.add_argument("preset", help="a preset file, e.g. presets/cityscapes.yaml")
+            continue
         sub.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a parameter, e.g. --set train.iterations=50 (repeatable)")
@@ -71,30 +86,50 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--name", required=True, help="a notebook of notebooks_src/, without .ipynb")
         if stage.target == "run":
             sub.add_argument("--method", required=True, help="a method name under `methods:` (ce, ls, pals, ...)")
-            sub.add_argument("--fraction", required=True, type=percent, help="labelled fraction as an integer percent: 10, 30, 50, 100")
+            sub.add_argument("--percent", required=True, type=percent, help="labelled share of the training images, an integer percent: 10, 30, 50, 100")
             sub.add_argument("--seed", required=True, type=int, help="seed of the subset draw, initialisation and data order")
         if stage.target == "launch":
-            sub.add_argument("--status", action="store_true", help="print the table of cells (pending, running, done, failed) and exit")
+            sub.add_argument("--status", action="store_true", help="print the table of runs (pending, running, done, failed) and exit")
             sub.add_argument("--no-wait", action="store_true", help="submit and return (slurm); a later launch picks the jobs up again")
     return parser
 
 
-def stage_arguments(params: dict, args: argparse.Namespace) -> dict:
-    """The entry function's keyword arguments: a dataset, a run, a notebook name or nothing."""
+def check_tracked_outputs(args: argparse.Namespace) -> None:
+    """In a DVC workspace, a stage command writes what DVC records as made from ``params.yaml``: refuse
+    another parameter file or an override that would change those outputs behind DVC's back."""
+    if not STAGES[args.stage].tracked or not Path("dvc.yaml").is_file():
+        return
+    changing = [assignment for assignment in args.overrides if not assignment.split("=", 1)[0].strip() in OUTPUT_NEUTRAL]
+    if Path(args.params) != Path("params.yaml") or changing:
+        what = f"--set {changing[0]}" if changing else f"--params {args.params}"
+        raise ParamsError(f"{what}: in this DVC workspace the {args.stage} stage writes outputs dvc.yaml tracks, made from params.yaml; "
+                          "run `dvc exp run -S key=value` (or edit params.yaml, or work in a copy without dvc.yaml)")
+
+
+def call_stage(args: argparse.Namespace) -> None:
+    """Read the settings once and call the stage's entry function with what it works on."""
     from .layout import Run
 
-    target = STAGES[args.stage].target
-    if target is None:
-        return {}
-    if target == "notebook":
-        return {"name": args.name}
-    if target == "launch":
-        return {"params_path": args.params, "overrides": args.overrides, "show": args.status, "wait": not args.no_wait}
-    dataset_params(params, args.dataset)
-    if target == "dataset":
-        return {"dataset": args.dataset}
-    method_params(params, args.method)
-    return {"run": Run(args.dataset, args.method, args.fraction, args.seed)}
+    stage = STAGES[args.stage]
+    if stage.target == "preset":
+        write_preset(args.preset)
+        return
+    check_tracked_outputs(args)
+    settings = load_settings(args.params, args.overrides)
+    if args.stage == "bench" and settings.bench is None:
+        raise ParamsError(f"{args.params}: no bench: section (see params.yaml)")
+    entry = getattr(importlib.import_module(f"{__package__}.{stage.module}"), stage.entry)
+    if stage.target is None:
+        entry(settings)
+    elif stage.target == "notebook":
+        entry(args.name)
+    elif stage.target == "launch":
+        entry(settings, params_path=args.params, overrides=args.overrides, show=args.status, wait=not args.no_wait)
+    elif stage.target == "dataset":
+        entry(settings, settings.dataset(args.dataset))
+    else:
+        settings.dataset(args.dataset), settings.loss(args.method)  # a one-line error for an unknown name
+        entry(settings.run(Run(args.dataset, args.method, args.percent, args.seed)))
 
 
 # What a user or the machine can cause: a one-line error and exit status 2, never a traceback. The
@@ -105,13 +140,8 @@ USER_ERRORS = (UserError, FileNotFoundError, PermissionError)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    stage = STAGES[args.stage]
     try:
-        params = load_params(args.params, args.overrides)
-        if args.stage == "bench" and "bench" not in params:
-            raise ParamsError(f"{args.params}: no bench: section (see params.yaml)")
-        entry = getattr(importlib.import_module(f"{__package__}.{stage.module}"), stage.entry)
-        entry(params, **stage_arguments(params, args))
+        call_stage(args)
     except KeyboardInterrupt:
         again = "resume from the last checkpoint" if args.stage in ("train", "run") else "start the stage again"
         print(f"interrupted: nothing half-written was kept; run the same command again to {again}", file=sys.stderr)

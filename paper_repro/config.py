@@ -1,15 +1,17 @@
-"""Parameters: ``params.yaml`` (or a preset file) plus ``--set dotted.key=value`` overrides.
+"""Parameter files: ``params.yaml`` (or a preset) plus ``--set dotted.key=value`` overrides.
 
-``params.yaml`` is the single source of every parameter. :func:`load_params` reads it and
-checks everything any stage will use before any stage does work, so that a bad value fails
-the first stage of ``dvc repro``, not run 25 of 60. Where a value's rules belong to the code
-that uses it (a loss's parameters, a generator's sizes, a model name, a dataset kind), the
-check asks that code.
+``params.yaml`` is the single source of every parameter and what DVC records. A preset
+(``presets/*.yaml``) is an overlay: it names its base file under ``_base_`` and gives only the
+values it changes; :func:`read_params` merges it over its base when it is read (mappings merge
+key by key, any other value replaces the base's), and :func:`write_preset` writes the merged,
+effective values into ``params.yaml`` for DVC. :func:`load_settings` reads a file and checks
+every section (``paper_repro/settings.py``) before any stage does work.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,10 @@ from typing import Any
 import yaml
 
 from .errors import ParamsError
+from .settings import Settings, resolve
 
-
-BASELINE = "ce"  # the study's baseline: every difference is measured against it
-ABLATED = "pals"  # the method the ablation's variants vary
+BASE = "_base_"  # in a preset: the file it overlays, relative to the preset
+PRESET = "_preset_"  # in params.yaml written by write_preset: the preset it holds the effective values of
 
 
 class ParamsLoader(yaml.SafeLoader):
@@ -55,252 +57,59 @@ def apply_override(params: dict, assignment: str) -> None:
         raise ParamsError(f"--set {key}: the value is not valid YAML ({error})") from error
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Read the parameter file, apply overrides and validate what every stage relies on."""
-    path = Path(path)
+def merged(base: dict, overlay: dict) -> dict:
+    """``overlay`` over ``base``: mappings merge key by key, any other value replaces the base's."""
+    result = copy.deepcopy(base)
+    for key, value in overlay.items():
+        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) else copy.deepcopy(value)
+    return result
+
+
+def read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The parameters of ``path``, merged over its ``_base_`` (recursively) if it names one."""
     if not path.is_file():
-        raise ParamsError(f"parameter file {path} does not exist")
+        raise ParamsError(f"parameter file {path} does not exist" + (f" (the {BASE} of {chain[-1]})" if chain else ""))
     try:
-        params = parse_yaml(path.read_text())
+        tree = parse_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML ({error})") from error
-    if not isinstance(params, dict):
+    if not isinstance(tree, dict):
         raise ParamsError(f"{path}: expected a mapping of sections")
-    params = copy.deepcopy(params)
+    if BASE not in tree:
+        return tree
+    if path.resolve() in [p.resolve() for p in chain]:
+        raise ParamsError(f"{path}: {BASE} makes a cycle ({' -> '.join(map(str, chain + (path,)))})")
+    base_path = path.parent / str(tree.pop(BASE))
+    base = read_tree(base_path, chain + (path,))
+    if PRESET in base and (base_path.parent / str(base[PRESET])).resolve() != path.resolve():  # the same preset again: no change
+        raise ParamsError(f"{path}: its {BASE} {base_path} already holds the effective values of preset {base[PRESET]}; "
+                          f"restore the base first (git checkout {base_path})")
+    base.pop(PRESET, None)
+    return merged(base, tree)
+
+
+def read_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The parameter tree of ``path`` (merged over its base) with ``overrides`` applied; not yet checked."""
+    params = read_tree(Path(path))
+    params.pop(PRESET, None)
     for assignment in overrides:
         apply_override(params, assignment)
-    Validator(params, path).validate()
     return params
 
 
-def dataset_params(params: dict, dataset: str) -> dict:
-    if dataset not in params["datasets"]:
-        raise ParamsError(f"unknown dataset {dataset!r}; expected one of {', '.join(params['datasets'])}")
-    return params["datasets"][dataset]
+def load_settings(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Settings:
+    """Read the parameter file, apply overrides and check every section: what every stage works from."""
+    return resolve(read_params(path, overrides), str(path))
 
 
-def train_settings(params: dict, dataset: str) -> dict:
-    """The ``train`` settings of a run on ``dataset``: the ``train`` section with the dataset's own
-    ``train:`` entries in their place (a schedule per benchmark, as the paper's Cityscapes and VOC
-    schedules differ)."""
-    return params["train"] | dataset_params(params, dataset).get("train", {})
+def write_preset(preset: str | Path, target: str | Path = "params.yaml") -> dict:
+    """Write the effective values of ``preset`` (merged over its base, checked) into ``target``, which DVC reads."""
+    from .atomic import write_text
 
-
-def method_params(params: dict, method: str) -> tuple[str, dict]:
-    """``(loss name, loss parameters)`` of a method; methods are named loss configurations."""
-    if method not in params["methods"]:
-        raise ParamsError(f"unknown method {method!r}; expected one of {', '.join(params['methods'])}")
-    spec = dict(params["methods"][method])
-    return spec.pop("loss"), spec
-
-
-def method_loss(params: dict, method: str, num_classes: int):
-    """The training loss of ``method`` (a ``paper_repro.losses.SmoothedTargetLoss``)."""
-    from .losses import build_loss
-
-    loss, options = method_params(params, method)
-    return build_loss(loss, num_classes, **options)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-class Validator:
-    """Checks one parameter tree; every failure is a :class:`ParamsError` naming the file and the key."""
-
-    def __init__(self, params: dict, source: Path) -> None:
-        self.params, self.source = params, source
-
-    def fail(self, message: str) -> None:
-        raise ParamsError(f"{self.source}: {message}")
-
-    def get(self, dotted: str, check=None, expected: str = "") -> Any:
-        node: Any = self.params
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                self.fail(f"missing parameter {dotted}")
-            node = node[part]
-        if check is not None and not check(node):
-            self.fail(f"{dotted} must be {expected}, got {node!r}")
-        return node
-
-    def names(self, dotted: str, known: dict | list, where: str) -> list:
-        """A non-empty list whose every entry is among ``known``."""
-        values = self.get(dotted, lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list")
-        for value in values:
-            if value not in known:
-                self.fail(f"{dotted} names {value!r}, which is not under {where} ({', '.join(map(str, known))})")
-        return values
-
-    def validate(self) -> None:
-        self.study()
-        self.datasets()
-        self.methods()
-        self.model_train_evaluate()
-        self.pretrain()
-        self.ablation()
-        self.explain()
-        if "bench" in self.params:
-            self.bench()
-        if "launch" in self.params:
-            self.launch()
-
-    def study(self) -> None:
-        self.get("datasets", lambda v: isinstance(v, dict) and len(v) > 0, "a mapping of dataset names to settings")
-        self.get("methods", lambda v: isinstance(v, dict) and len(v) > 0, "a mapping of method names to loss settings")
-        self.names("study.datasets", self.params["datasets"], "datasets")
-        methods = self.names("study.methods", self.params["methods"], "methods")
-        if BASELINE not in methods:
-            self.fail(f"study.methods must include {BASELINE}, the baseline every difference is measured against, got {methods}")
-        self.get("study.fractions", lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(p) and 0 < p <= 100 for p in v),
-                 "a non-empty list of integer percents in (0, 100]")
-        self.get("study.seeds", lambda v: isinstance(v, list) and len(v) > 0 and all(_is_int(s) for s in v),
-                 "a non-empty list of integers")
-        for key in ("fractions", "seeds"):
-            values = self.params["study"][key]
-            if len(set(values)) != len(values):
-                self.fail(f"study.{key} lists a value twice: {values}")
-
-    def datasets(self) -> None:
-        from .data import DATASET_KINDS
-        from .data.synthetic import check_arguments
-
-        for name, spec in self.params["datasets"].items():
-            prefix = f"datasets.{name}"
-            self.get(prefix, lambda v: isinstance(v, dict), "a mapping")
-            kind = self.get(f"{prefix}.kind", lambda v: v in DATASET_KINDS, f"one of {', '.join(DATASET_KINDS)}")
-            for key in ("root", "train_split", "eval_split"):
-                self.get(f"{prefix}.{key}", lambda v: isinstance(v, str) and v != "", "a non-empty string")
-            self.get(f"{prefix}.num_classes", lambda v: _is_int(v) and v >= 2, "an integer >= 2")
-            self.get(f"{prefix}.crop", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v),
-                     "[height, width] of positive integers")
-            self.get(f"{prefix}.base_size", lambda v: _is_int(v) and v > 0, "a positive integer")
-            self.get(f"{prefix}.scale_range", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v)
-                     and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high")
-            if spec.get("generate") is not None:
-                arguments = self.get(f"{prefix}.generate", lambda v: isinstance(v, dict), "a mapping of generator arguments")
-                try:
-                    check_arguments(DATASET_KINDS[kind].generator, arguments)
-                except ValueError as error:
-                    self.fail(f"{prefix}.generate.{error}")
-
-    def methods(self) -> None:
-        from .losses import LOSSES, build_loss
-
-        for method, spec in self.params["methods"].items():
-            self.get(f"methods.{method}", lambda v: isinstance(v, dict), "a mapping with a loss")
-            loss = self.get(f"methods.{method}.loss", lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}")
-            options = {key: value for key, value in spec.items() if key != "loss"}
-            try:
-                build_loss(loss, 2, **options)  # the loss's own rules decide
-            except ValueError as error:
-                message = str(error)
-                key = message.split(" ", 1)[0]
-                self.fail(f"methods.{method}.{message}" if key in options else f"methods.{method}: {message}")
-
-    def model_train_evaluate(self) -> None:
-        from .models import MODELS
-
-        self.get("model.name", lambda v: v in MODELS, f"one of {', '.join(MODELS)}")
-        self.get("model.pretrained_backbone", lambda v: isinstance(v, bool), "true or false")
-        self.train("train")
-        for name, spec in self.params["datasets"].items():
-            if "train" in spec:  # a dataset's own train settings, checked as the whole section they complete
-                overrides = self.get(f"datasets.{name}.train", lambda v: isinstance(v, dict) and set(v) <= set(self.params["train"]),
-                                     f"a mapping of train settings ({', '.join(self.params['train'])})")
-                Validator({"datasets": {name: {"train": self.params["train"] | overrides}}}, self.source).train(f"datasets.{name}.train")
-        self.get("evaluate.figure_images", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
-        self.get("evaluate.calibration_bins", lambda v: _is_int(v) and v > 0, "a positive integer")
-
-    def train(self, section: str) -> None:
-        """The settings ``paper_repro/train.py`` reads, in ``train`` or a dataset's ``train``."""
-        self.optimisation(section)
-        self.get(f"{section}.checkpoint_every", lambda v: _is_int(v) and v > 0, "a positive integer")
-        self.get(f"{section}.workers", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
-        self.get(f"{section}.cache_decoded", lambda v: isinstance(v, bool), "true or false")
-        self.get(f"{section}.amp", lambda v: v in ("off", "bf16", "fp16"), "one of off, bf16, fp16")
-
-    def optimisation(self, section: str) -> None:
-        """The SGD and schedule settings that ``train.build_optimisation`` reads, for ``train`` or ``pretrain``."""
-        positive, non_negative = (lambda v: _is_number(v) and v > 0), (lambda v: _is_number(v) and v >= 0)
-        self.get(f"{section}.iterations", lambda v: _is_int(v) and v > 0, "a positive integer")
-        self.get(f"{section}.batch_size", lambda v: _is_int(v) and v > 0, "a positive integer")
-        self.get(f"{section}.lr", positive, "a positive number")
-        self.get(f"{section}.momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
-        self.get(f"{section}.weight_decay", non_negative, "a non-negative number")
-        self.get(f"{section}.poly_power", non_negative, "a non-negative number")
-
-    def pretrain(self) -> None:
-        """The source task of the pretrain stage (``paper_repro/pretrain.py``)."""
-        from .data.synthetic import SIZE_MINIMA
-
-        least = max(SIZE_MINIMA["height"], SIZE_MINIMA["width"])
-        self.get("pretrain.images", lambda v: _is_int(v) and v > 0, "a positive integer")
-        self.get("pretrain.held_out", lambda v: _is_int(v) and v > 0, "a positive integer")
-        self.get("pretrain.size", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x >= least for x in v),
-                 f"[height, width] of integers >= {least}")
-        self.get("pretrain.seed", _is_int, "an integer")
-        self.get("pretrain.typical_look", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
-        self.optimisation("pretrain")
-
-    def ablation(self) -> None:
-        """Extra runs compared with the study's ce and pals runs of the same datasets, fractions and seeds."""
-        if "ablation" not in self.params:
-            return
-        study = self.params["study"]
-        for key, known in (("datasets", study["datasets"]), ("fractions", study["fractions"]), ("seeds", study["seeds"])):
-            self.names(f"ablation.{key}", known, f"study.{key}")
-        methods = self.names("ablation.methods", self.params["methods"], "methods")
-        if ABLATED not in study["methods"]:
-            self.fail(f"the ablation compares its variants with the study's {ABLATED} runs: study.methods must include {ABLATED}")
-        repeated = sorted(set(methods) & set(study["methods"]))
-        if repeated:
-            self.fail(f"ablation.methods names {repeated}, which the study already runs; list only the variants")
-
-    def explain(self) -> None:
-        """The explanation figure shows one PALS run of the study (method, fraction, seed) per dataset."""
-        study = self.params["study"]
-        method = self.get("explain.method", lambda v: v in study["methods"], f"one of study.methods ({', '.join(study['methods'])})")
-        self.get("explain.fraction", lambda v: v in study["fractions"], f"one of study.fractions {study['fractions']}")
-        self.get("explain.seed", lambda v: v in study["seeds"], f"one of study.seeds {study['seeds']}")
-        self.get("explain.pixels", lambda v: _is_int(v) and v > 0, "a positive integer")
-        if method_loss(self.params, method, 2).smoothing != "aggregated":
-            self.fail(f"explain.method must be a method with the PALS aggregation (loss pals or pals_no_onehot), got {method!r}")
-
-    def bench(self) -> None:
-        from .models import MODELS
-
-        for key in ("naive_max_tokens", "dim", "batch", "repeats", "step_repeats", "loader_batches"):
-            self.get(f"bench.{key}", lambda v: _is_int(v) and v > 0, "a positive integer")
-        self.get("bench.token_budget", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
-        for key in ("tokens", "classes", "models"):
-            self.get(f"bench.{key}", lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list")
-        self.names("bench.loader_datasets", self.params["datasets"], "datasets")
-        for index, entry in enumerate(self.params["bench"]["models"]):
-            prefix = f"bench.models[{index}]"
-            if not isinstance(entry, dict) or entry.get("name") not in MODELS:
-                self.fail(f"{prefix} must name a model ({', '.join(MODELS)}), got {entry!r}")
-            if "dataset" in entry:
-                if entry["dataset"] not in self.params["datasets"]:
-                    self.fail(f"{prefix}.dataset names {entry['dataset']!r}, which is not under datasets")
-            elif not all(key in entry for key in ("size", "batch", "classes")):
-                self.fail(f"{prefix} must give a dataset, or size, batch and classes, got {entry!r}")
-
-    def launch(self) -> None:
-        """How ``python -m paper_repro launch`` runs the cells (``paper_repro/launch.py``)."""
-        positive_int = lambda v: _is_int(v) and v > 0  # noqa: E731
-        self.get("launch.executor", lambda v: v in ("local", "slurm"), "local or slurm")
-        self.get("launch.workers", lambda v: v == "auto" or positive_int(v), "auto (one per visible GPU, else 1) or a positive integer")
-        self.get("launch.gpus_per_job", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
-        self.get("launch.attempts", positive_int, "a positive integer")
-        self.get("launch.folder", lambda v: isinstance(v, str) and v != "", "a non-empty string")
-        self.get("launch.slurm.partition", lambda v: v is None or (isinstance(v, str) and v != ""), "a partition name or null")
-        for key in ("time_minutes", "cpus_per_job", "mem_gb"):
-            self.get(f"launch.slurm.{key}", positive_int, "a positive integer")
-        self.get("launch.slurm.setup", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-                 "a list of shell lines run before each job")
+    params = read_params(preset)
+    resolve(params, str(preset))
+    header = (f"# The effective parameters of {preset} over its base, written by `python -m paper_repro preset {preset}`.\n"
+              f"# Edit {preset} and write again; `git checkout {target}` restores the embedded default.\n")
+    record = os.path.relpath(Path(preset).resolve(), Path(target).resolve().parent)  # as _base_: relative to the file naming it
+    write_text(header + yaml.safe_dump({PRESET: record} | params, sort_keys=False, width=120), target)
+    return params

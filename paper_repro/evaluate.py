@@ -19,44 +19,46 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .atomic import atomic_folder, write_json
-from .checkpoint import MODEL_KEYS, CheckpointError, load_checkpoint
-from .config import dataset_params
+from .checkpoint import MODEL_KEYS, load_checkpoint
 from .data import class_names, open_dataset
 from .data.transforms import eval_transforms
-from .layout import Layout, Run
+from .errors import CheckpointError
+from .layout import Layout
 from .metrics import calibration_bins, confusion_matrix, ece_from_bins, iou_per_class, mean_iou, pixel_accuracy
 from .models import build_model
+from .runtime import device as compute_device
+from .settings import RunSettings
 
 log = logging.getLogger(__name__)
 
 
-def load_trained_model(params: dict, run: Run, layout: Layout, device: torch.device) -> torch.nn.Module:
-    """The final weights of ``run`` in evaluation mode."""
-    path = layout.model(run)
+def load_trained_model(settings: RunSettings, layout: Layout, device: torch.device) -> torch.nn.Module:
+    """The final weights of the run in evaluation mode."""
+    path = layout.model(settings.run)
     if not path.is_file():
         raise FileNotFoundError(f"missing trained model {path}; run the train stage first")
-    model = build_model(params["model"]["name"], dataset_params(params, run.dataset)["num_classes"])
+    model = build_model(settings.model.name, settings.dataset.num_classes)
     weights = load_checkpoint(path, MODEL_KEYS, device)["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:  # other shapes or names: another model or class count
-        raise CheckpointError(f"{path}: its weights do not fit model.name {params['model']['name']} with {model.classifier.out_channels} classes") from error
+        raise CheckpointError(f"{path}: its weights do not fit model.name {settings.model.name} with {model.classifier.out_channels} classes") from error
     return model.to(device, memory_format=torch.channels_last).eval()
 
 
 @torch.no_grad()
-def evaluate(params: dict, run: Run, layout: Layout = Layout()) -> dict:
-    """Evaluate ``run``'s final model on its dataset's evaluation split; returns the metrics it writes."""
-    spec = dataset_params(params, run.dataset)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_trained_model(params, run, layout, device)
+def evaluate(settings: RunSettings, layout: Layout = Layout()) -> dict:
+    """Evaluate the run's final model on its dataset's evaluation split; returns the metrics it writes."""
+    run, spec = settings.run, settings.dataset
+    device = compute_device()
+    model = load_trained_model(settings, layout, device)
     metrics_path, predictions_dir = layout.metrics(run), layout.predictions(run)
 
-    split = spec["eval_split"]
+    split = spec.eval_split
     data = open_dataset(spec, split, transforms=eval_transforms())
-    figure_ids = set(data.ids[: params["evaluate"]["figure_images"]])
-    n_bins = params["evaluate"]["calibration_bins"]
-    num_classes = spec["num_classes"]
+    figure_ids = set(data.ids[: settings.evaluate.figure_images])
+    n_bins = settings.evaluate.calibration_bins
+    num_classes = spec.num_classes
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     bins = torch.zeros(3, n_bins, dtype=torch.float64, device=device)
     # Predictions and metrics are committed together: the old metrics go first, the new ones come

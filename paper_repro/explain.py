@@ -18,11 +18,12 @@ import torch.nn.functional as F
 
 from . import IGNORE_INDEX
 from .atomic import save_npz
-from .config import dataset_params, method_loss
 from .data import open_dataset
 from .data.transforms import eval_transforms
 from .evaluate import load_trained_model
-from .layout import Layout, Run
+from .layout import Layout
+from .losses import loss_of
+from .settings import DatasetSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +39,17 @@ def query_pixels(label: np.ndarray, count: int) -> list[tuple[int, int]]:
     return pixels
 
 
-def explained_run(params: dict, dataset: str) -> Run:
-    """The run of ``dataset`` that the ``explain:`` parameters name."""
-    settings = params["explain"]
-    return Run(dataset, settings["method"], settings["fraction"], settings["seed"])
-
-
 @torch.no_grad()
-def explain(params: dict, dataset: str, layout: Layout = Layout()) -> Path:
+def explain(settings: Settings, dataset: DatasetSettings, layout: Layout = Layout()) -> Path:
     """Write the explanation file (npz): image, label, query pixels, their affinity maps, and per
     method of the study the target at each pixel (``methods`` names the rows of ``targets``)."""
-    run = explained_run(params, dataset)
-    spec = dataset_params(params, dataset)
-    num_classes = spec["num_classes"]
-    methods = list(params["study"]["methods"])
-    losses = {method: method_loss(params, method, num_classes) for method in methods}
+    explained_run = settings.run(settings.explain.run(dataset.name))
+    run, spec = explained_run.run, dataset
+    methods = list(settings.study.methods)
+    losses = {method: loss_of(settings.loss(method), spec.num_classes) for method in methods}
     explained = losses[run.method]
-    model = load_trained_model(params, run, layout, torch.device("cpu"))
-    data = open_dataset(spec, spec["eval_split"], transforms=eval_transforms())
+    model = load_trained_model(explained_run, layout, torch.device("cpu"))
+    data = open_dataset(spec, spec.eval_split, transforms=eval_transforms())
     image, label = data[0]
     output = model(image[None].contiguous(memory_format=torch.channels_last))
     logits, features = output["out"], output["feat"]
@@ -63,16 +57,16 @@ def explain(params: dict, dataset: str, layout: Layout = Layout()) -> Path:
     keys = F.normalize(features[0].flatten(1), dim=0)  # [D, N]
     height, width = features.shape[-2:]
     label = label.numpy()
-    pixels = query_pixels(label, params["explain"]["pixels"])
+    pixels = query_pixels(label, settings.explain.pixels)
     affinities = []
     for y, x in pixels:
         fy, fx = min(int(y * height / label.shape[0]), height - 1), min(int(x * width / label.shape[1]), width - 1)
         affinities.append(torch.softmax(keys[:, fy * width + fx] @ keys / explained.tau, dim=0).reshape(height, width).numpy())
     targets = np.array([[per_pixel[method][:, y, x].double().numpy() for y, x in pixels] for method in methods])
     raw = data.read_rgb(0)
-    output_path = layout.explanation(dataset)
+    output_path = layout.explanation(spec.name)
     save_npz(output_path, image=raw, label=label, pixels=np.array(pixels), affinity=np.array(affinities),
-             methods=np.array(methods), targets=targets, settings=np.array([repr(params["methods"][m]) for m in methods]),
+             methods=np.array(methods), targets=targets, settings=np.array([repr(settings.loss(m)) for m in methods]),
              explained_method=run.method, tau=explained.tau, alpha=explained.alpha, image_id=data.ids[0], run=run.name)
     log.info("wrote %s", output_path)
     return output_path

@@ -15,27 +15,28 @@ from pathlib import Path
 from PIL import Image
 
 from .atomic import atomic_folder, write_json
-from .config import ParamsError, dataset_params
-from .data import DATASET_KINDS, LabelledImages, open_dataset
+from .data import LabelledImages, open_dataset
+from .data.synthetic import GENERATORS
+from .errors import ParamsError
 from .layout import Layout
+from .settings import DatasetSettings, Settings
 
 log = logging.getLogger(__name__)
 
 
-def generate(params: dict, dataset: str, layout: Layout = Layout()) -> dict:
-    """Write (or check) ``dataset``; returns the summary it records."""
-    spec = dataset_params(params, dataset)
-    folder = layout.data(dataset)
-    if spec.get("generate"):
-        if Path(spec["root"]) != folder:
-            raise ParamsError(f"datasets.{dataset}.root must be {folder} for a generated dataset, got {spec['root']}")
+def generate(settings: Settings, spec: DatasetSettings, layout: Layout = Layout()) -> dict:
+    """Write (or check) the dataset ``spec`` describes; returns the summary it records."""
+    dataset, folder = spec.name, layout.data(spec.name)
+    if spec.generate:
+        if Path(spec.root) != folder:
+            raise ParamsError(f"datasets.{dataset}.root must be {folder} for a generated dataset, got {spec.root}")
         log.info("generating %s into %s", dataset, folder)
-        DATASET_KINDS[spec["kind"]].generator(folder, **spec["generate"])
-    splits = {split: len(open_dataset(spec, split)) for split in (spec["train_split"], spec["eval_split"])}
-    summary = {"dataset": dataset, "kind": spec["kind"], "root": spec["root"], "images": splits}
-    if not spec.get("generate"):  # a real dataset stays where it is; the stage records where and what
+        GENERATORS[spec.kind](folder, **spec.generate)
+    splits = {split: len(open_dataset(spec, split)) for split in (spec.train_split, spec.eval_split)}
+    summary = {"dataset": dataset, "kind": spec.kind, "root": spec.root, "images": splits}
+    if not spec.generate:  # a real dataset stays where it is; the stage records where and what
         write_json(summary, folder / "source.json")
-    samples = export_samples(open_dataset(spec, spec["eval_split"]), params["evaluate"]["figure_images"], dataset, layout)
+    samples = export_samples(open_dataset(spec, spec.eval_split), settings.evaluate.figure_images, dataset, layout)
     write_json(summary | {"samples": samples}, layout.data_summary(dataset))
     log.info("%s: %s", dataset, json.dumps(splits))
     return summary

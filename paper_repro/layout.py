@@ -3,7 +3,7 @@
 Paths are relative to a repository root (``Layout(".")`` for the stages, which run at the
 root as ``dvc.yaml`` runs them; ``Layout("..")`` for the notebooks, which run in
 ``notebooks/``). ``dvc.yaml`` declares the same paths, and ``tests/test_pipeline.py`` checks
-that it does. A run is one (dataset, method, label percent, seed) cell of the study.
+that it does. A run is one (dataset, method, label percent, seed) of the study.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Run:
-    """One cell of the study matrix; ``name`` (``pals-10-0``) is its name inside its dataset, as in ``dvc.yaml``."""
+    """One run of the study: ``percent`` of the labelled training images; ``name`` (``pals-10-0``) is its name
+    inside its dataset, as in ``dvc.yaml``."""
 
     dataset: str
     method: str
@@ -24,14 +25,6 @@ class Run:
     @property
     def name(self) -> str:
         return f"{self.method}-{self.percent}-{self.seed}"
-
-
-def runs_of(params: dict, section: str = "study", methods: list[str] | None = None) -> list[Run]:
-    """Every run of ``params[section]`` (``study`` or ``ablation``), or of ``methods`` over its
-    datasets, fractions and seeds, in the section's order."""
-    grid = params[section]
-    return [Run(dataset, method, percent, seed) for dataset in grid["datasets"] for method in (methods or grid["methods"])
-            for percent in grid["fractions"] for seed in grid["seeds"]]
 
 
 class Layout:
@@ -60,7 +53,7 @@ class Layout:
 
     # subsets
     def manifest(self, dataset: str, seed: int, percent: int) -> Path:
-        """The ids of one label fraction, one per line."""
+        """The ids of one label percent, one per line."""
         return self.root / "subsets" / dataset / f"seed{seed}" / f"{percent}.txt"
 
     def manifests(self, dataset: str) -> Path:

@@ -16,14 +16,14 @@ name               alpha        q_i
 ``pals_uniform``   alpha        mean_j p_j (A uniform over the image)
 =================  ===========  ==============================================
 
-The loss is the mean over valid pixels (label != ignore_index) of
-``-sum_k t_ik log_softmax(z_i)_k`` (step 6). Every ``q`` is built in float32, whatever the
+The table's names and parameters, and their rules, are ``settings.LOSSES``; a method's
+:class:`~paper_repro.settings.LossSettings` says which row it is. The loss is the mean over
+valid pixels (label != ignore_index) of ``-sum_k t_ik log_softmax(z_i)_k`` (step 6). Every ``q`` is built in float32, whatever the
 logits' dtype: the closed form of ``SoftTargetCrossEntropy`` relies on ``sum_k q_ik = 1``.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import IGNORE_INDEX
+from .settings import LossSettings
 
-__all__ = ["LOSSES", "aggregate_predictions", "teacher_probabilities", "build_loss", "SmoothedTargetLoss", "SoftTargetCrossEntropy"]
+__all__ = ["aggregate_predictions", "teacher_probabilities", "build_loss", "loss_of", "SmoothedTargetLoss", "SoftTargetCrossEntropy"]
 
 
 def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: float, token_budget: int = 0) -> torch.Tensor:
@@ -117,7 +118,8 @@ class SmoothedTargetLoss(nn.Module):
 
     ``smoothing`` is ``None`` for plain cross-entropy, ``"uniform"`` for ``q = 1/K``,
     ``"aggregated"`` for the PALS distribution and ``"image_mean"`` for the image-adaptive
-    variant with a uniform affinity. Calling the module returns the mean over valid pixels.
+    variant with a uniform affinity (``settings.LossSettings`` checks the values). Calling the
+    module returns the mean over valid pixels.
     """
 
     def __init__(
@@ -131,16 +133,6 @@ class SmoothedTargetLoss(nn.Module):
         token_budget: int = 0,
     ) -> None:
         super().__init__()
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if not tau > 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
-        if not temperature > 0:
-            raise ValueError(f"T must be > 0 (the teacher temperature), got {temperature}")
-        if token_budget < 0 or token_budget != int(token_budget):
-            raise ValueError(f"token_budget must be an integer >= 0 (0 = no pooling), got {token_budget}")
-        if smoothing not in (None, "uniform", "aggregated", "image_mean"):
-            raise ValueError(f"unknown smoothing {smoothing!r}")
         self.num_classes = num_classes
         self.alpha = float(alpha)
         self.smoothing = smoothing if alpha < 1.0 else None
@@ -236,52 +228,17 @@ class SoftTargetCrossEntropy(torch.autograd.Function):
         return grad.to(ctx.logits_dtype).permute(0, 3, 1, 2), None, None, None, None
 
 
-def _ce(num_classes, ignore_index):
-    return SmoothedTargetLoss(num_classes, alpha=1.0, smoothing=None, ignore_index=ignore_index)
-
-
-def _ls(num_classes, ignore_index, eps=0.1):
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"eps must be in [0, 1], got {eps}")
-    return SmoothedTargetLoss(num_classes, alpha=1.0 - eps, smoothing="uniform", ignore_index=ignore_index)
-
-
-def _pals(num_classes, ignore_index, tau=0.1, alpha=0.5, T=1.0, token_budget=0):
-    return SmoothedTargetLoss(num_classes, alpha, "aggregated", ignore_index, tau=tau, temperature=T, token_budget=token_budget)
-
-
-def _pals_no_onehot(num_classes, ignore_index, tau=0.1, T=1.0, token_budget=0):
-    return SmoothedTargetLoss(num_classes, 0.0, "aggregated", ignore_index, tau=tau, temperature=T, token_budget=token_budget)
-
-
-def _pals_uniform(num_classes, ignore_index, alpha=0.5, T=1.0):
-    return SmoothedTargetLoss(num_classes, alpha, "image_mean", ignore_index, temperature=T)
-
-
-LOSSES = {
-    "ce": _ce,
-    "ls": _ls,
-    "pals": _pals,
-    "pals_no_onehot": _pals_no_onehot,
-    "pals_uniform": _pals_uniform,
-}
+def loss_of(settings: LossSettings, num_classes: int, ignore_index: int = IGNORE_INDEX) -> SmoothedTargetLoss:
+    """The training loss a method's settings describe."""
+    return SmoothedTargetLoss(num_classes, settings.alpha, settings.smoothing, ignore_index, tau=settings.tau,
+                              temperature=settings.T, token_budget=settings.token_budget)
 
 
 def build_loss(name: str, num_classes: int, ignore_index: int = IGNORE_INDEX, **params) -> SmoothedTargetLoss:
-    """Build a loss by name; ``params`` are the method's own parameters (see the table above).
+    """Build a loss by name; ``params`` are the loss's own parameters (``settings.LOSSES``).
 
     Defaults (docs/method.md, section 3 gives the reasons): ``eps = 0.1``, ``alpha = 0.5``,
     ``T = 1``, ``tau = 0.1``; ``token_budget = 0``: no pooling before the aggregation (see
-    ``aggregate_predictions``).
+    ``aggregate_predictions``). A bad name or value is a ``ParamsError`` (a ``ValueError``).
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
-    factory = LOSSES[name]
-    allowed = list(inspect.signature(factory).parameters)[2:]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"loss {name!r} takes parameters {allowed or 'none'}, got unknown {unknown}")
-    for key, value in params.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise ValueError(f"loss {name!r} parameter {key!r} must be a finite number, got {value!r}")
-    return factory(num_classes, ignore_index, **params)
+    return loss_of(LossSettings.of(name, params), num_classes, ignore_index)

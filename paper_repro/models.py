@@ -26,7 +26,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-__all__ = ["MODELS", "DeepLabV3Plus", "build_model"]
+from .settings import MODELS
+
+__all__ = ["DeepLabV3Plus", "build_model"]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
@@ -157,16 +159,9 @@ def _load_pretrain_stage_weights(backbone: SmallBackbone, path: str | os.PathLik
         raise CheckpointError(f"{path}: its weights do not fit the deeplabv3plus_small backbone") from error
 
 
-MODELS = {
-    "deeplabv3plus_resnet101": lambda k, p, _: _resnet_deeplab(101, k, p),
-    "deeplabv3plus_resnet50": lambda k, p, _: _resnet_deeplab(50, k, p),
-    "deeplabv3plus_small": _small_deeplab,
-}
-
-
 def build_model(name: str, num_classes: int, pretrained_backbone: bool = False,
                 backbone_weights: str | os.PathLike | None = None) -> DeepLabV3Plus:
-    """Build a segmentation network by name (see the module docstring for the choices).
+    """Build a segmentation network by name (``settings.MODELS``; the module docstring describes them).
 
     With ``pretrained_backbone``, the ResNets load torchvision's ImageNet weights and
     ``deeplabv3plus_small`` loads ``backbone_weights``, the file the ``pretrain`` stage writes.
@@ -175,4 +170,7 @@ def build_model(name: str, num_classes: int, pretrained_backbone: bool = False,
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    return MODELS[name](num_classes, pretrained_backbone, backbone_weights)
+    backbone = MODELS[name]
+    if backbone == "small":
+        return _small_deeplab(num_classes, pretrained_backbone, backbone_weights)
+    return _resnet_deeplab(int(backbone.removeprefix("resnet")), num_classes, pretrained_backbone)

@@ -51,7 +51,7 @@ def setup(root: str | Path = "..", params_file: str | Path | None = None, sectio
     return params, Layout(root)
 
 
-def execute(params: dict, name: str, layout: Layout = Layout()) -> Path:
+def execute(name: str, layout: Layout = Layout()) -> Path:
     """Execute the notebook source ``name`` (kernel ``python3``, working directory ``notebooks/``) and
     write it executed; returns its path."""
     import warnings

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .data import DATASET_KINDS
+from .data import KINDS
 
 # The only figures the paper's abstract gives: PALS minus cross-entropy mIoU (points) on the
 # Cityscapes *test* set at 10/30/50/100% of the training labels.
@@ -48,8 +48,8 @@ def paired_delta_table(table: pd.DataFrame, column: str, index: str = "method", 
     return pivot.reindex([m for m in METHOD_ORDER if m in pivot.index] + [m for m in pivot.index if m not in METHOD_ORDER])
 
 
-def miou_vs_fraction(runs: pd.DataFrame, dataset: str, ax: plt.Axes) -> None:
-    """mIoU against the labelled fraction per method: mean over seeds with a +-1 std band and the seeds as dots."""
+def miou_vs_percent(runs: pd.DataFrame, dataset: str, ax: plt.Axes) -> None:
+    """mIoU against the labelled percent per method: mean over seeds with a +-1 std band and the seeds as dots."""
     data = runs[runs["dataset"] == dataset]
     sns.lineplot(data=data, x="percent", y="miou", hue="method", hue_order=METHOD_ORDER, errorbar="sd", marker="o", ax=ax)
     sns.stripplot(data=data, x="percent", y="miou", hue="method", hue_order=METHOD_ORDER, native_scale=True,
@@ -58,11 +58,11 @@ def miou_vs_fraction(runs: pd.DataFrame, dataset: str, ax: plt.Axes) -> None:
 
 
 def per_class_heatmap(per_class: pd.DataFrame, dataset: str, ax: plt.Axes) -> None:
-    """Per-class IoU (mean over seeds) with methods x fractions as rows and classes as columns."""
+    """Per-class IoU (mean over seeds) with methods x percents as rows and classes as columns."""
     data = per_class[(per_class["dataset"] == dataset) & per_class["iou_mean"].notna()]
     grid = data.pivot_table(index=["percent", "method"], columns="class", values="iou_mean", sort=False)
     sns.heatmap(grid, annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=100, cbar_kws={"label": "IoU (%)"}, ax=ax)
-    ax.set(title=dataset, xlabel="", ylabel="fraction (%), method")
+    ax.set(title=dataset, xlabel="", ylabel="labelled percent, method")
 
 
 def reliability(metrics_files: list[Path]) -> pd.DataFrame:
@@ -89,7 +89,7 @@ def reliability_diagram(bins: pd.DataFrame, ax: plt.Axes, label: str) -> None:
 def colourise(label: np.ndarray, kind: str) -> np.ndarray:
     """Train-id labels ``[H, W]`` as the dataset's colours ``[H, W, 3]`` (ignored pixels in black)."""
     palette = np.zeros((256, 3), dtype=np.uint8)
-    colours = DATASET_KINDS[kind].palette
+    colours = KINDS[kind].palette
     palette[: len(colours)] = colours
     return palette[label]
 

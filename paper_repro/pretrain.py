@@ -15,6 +15,11 @@ Writes the backbone's weights (``Layout.pretrained_backbone``), which every stud
 classifier start from scratch), the per-iteration log and the held-out mean average precision.
 The stage is a function of the ``pretrain:`` parameters alone and takes a few minutes on two
 CPU cores; a killed run starts again from iteration 0.
+
+For a model that does not load these weights (the ResNets start from torchvision's ImageNet
+weights; ``model.pretrained_backbone: false`` from scratch) the stage pretrains nothing: it
+writes, at once, a backbone file without weights that says what the runs start from, so that
+the runs, which depend on that file, depend on nothing of the pretraining.
 """
 
 from __future__ import annotations
@@ -35,9 +40,13 @@ from .errors import TrainingDiverged
 from .layout import Layout
 from .metrics import average_precision
 from .models import SmallBackbone
-from .train import build_optimisation, keep_freed_memory
+from .runtime import device as compute_device
+from .runtime import keep_freed_memory
+from .settings import PretrainSettings, Settings, as_record
+from .train import build_optimisation
 
 log = logging.getLogger(__name__)
+LOG_FIELDS = ("iteration", "loss", "lr")
 
 
 class PresenceClassifier(nn.Module):
@@ -52,13 +61,13 @@ class PresenceClassifier(nn.Module):
         return self.head(self.backbone(images)[1].mean(dim=(2, 3)))
 
 
-def source_set(settings: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def source_set(settings: PretrainSettings, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images uint8 [N, 3, H, W], presence float [N, 20])`` of the source ``split`` (``train`` or ``held_out``)."""
-    count = settings["images"] if split == "train" else settings["held_out"]
-    height, width = settings["size"]
+    count = settings.images if split == "train" else settings.held_out
+    height, width = settings.size
     images, presence = [], []
     for index in tqdm(range(count), desc=f"pretrain source {split}", leave=False):
-        image, labels = draw_source_image(settings["seed"], split, index, height, width, settings["typical_look"])
+        image, labels = draw_source_image(settings.seed, split, index, height, width, settings.typical_look)
         images.append(torch.from_numpy(image.copy()).permute(2, 0, 1))
         presence.append(torch.from_numpy(np.isin(SOURCE_CLASSES, labels)))
     return torch.stack(images), torch.stack(presence).float()
@@ -87,24 +96,27 @@ def held_out_scores(model: nn.Module, images: torch.Tensor, device: torch.device
     return torch.cat([model(normalise(images[i:i + batch_size].to(device))).sigmoid().cpu() for i in range(0, len(images), batch_size)])
 
 
-def pretrain(params: dict, layout: Layout = Layout()) -> dict:
-    """Pretrain the small backbone on source presence labels; returns the metrics it writes."""
+def pretrain(study: Settings, layout: Layout = Layout()) -> dict:
+    """Pretrain the small backbone on source presence labels (or, for a model that does not load its
+    weights, record what the runs start from); returns the metrics it writes."""
+    if not study.model.loads_pretrain_stage:
+        return record_without_pretraining(study, layout)
     keep_freed_memory()
-    settings = params["pretrain"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    settings = study.pretrain
+    device = compute_device()
     train_images, train_presence = source_set(settings, "train")
     held_images, held_presence = source_set(settings, "held_out")
     log.info("pretraining the deeplabv3plus_small backbone: %d source images (%d held out), %d iterations of batch %d on %s",
-             len(train_images), len(held_images), settings["iterations"], settings["batch_size"], device)
+             len(train_images), len(held_images), settings.iterations, settings.batch_size, device)
 
-    seed_everything(settings["seed"])
+    seed_everything(settings.seed)
     model = PresenceClassifier(SmallBackbone(), len(SOURCE_CLASSES)).to(device, memory_format=torch.channels_last)
     optimizer, scheduler, _ = build_optimisation(model, settings, None, device)
-    generator = torch.Generator().manual_seed(settings["seed"])
+    generator = torch.Generator().manual_seed(settings.seed)
     rows = []
     model.train()
-    for iteration, (index, flip) in enumerate(tqdm(batches(len(train_images), settings["batch_size"], settings["iterations"], generator),
-                                                   total=settings["iterations"], desc="pretrain"), start=1):
+    for iteration, (index, flip) in enumerate(tqdm(batches(len(train_images), settings.batch_size, settings.iterations, generator),
+                                                   total=settings.iterations, desc="pretrain"), start=1):
         images = train_images[index]
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         images = normalise(images.to(device)).contiguous(memory_format=torch.channels_last)
@@ -126,7 +138,19 @@ def pretrain(params: dict, layout: Layout = Layout()) -> dict:
         "images": len(train_images), "held_out": len(held_images), "final_loss": rows[-1]["loss"],
     }
     log.info("held-out mAP %.1f (chance %.1f)", metrics["held_out_mAP"], metrics["chance_mAP"])
-    save_torch({"config": settings, "backbone": model.backbone.cpu().state_dict()}, layout.pretrained_backbone())
-    write_rows(rows, ("iteration", "loss", "lr"), layout.pretrain_log())
+    save_torch({"config": as_record(settings), "backbone": model.backbone.cpu().state_dict()}, layout.pretrained_backbone())
+    write_rows(rows, LOG_FIELDS, layout.pretrain_log())
+    write_json(metrics, layout.pretrain_metrics())
+    return metrics
+
+
+def record_without_pretraining(study: Settings, layout: Layout) -> dict:
+    """The stage's outputs for a model that does not load its weights: a backbone file without weights
+    naming what the runs start from, an empty log, and metrics saying why nothing was pretrained."""
+    start = "torchvision's ImageNet weights" if study.model.pretrained_backbone else "random initialisation"
+    metrics = {"pretrained": False, "model": study.model.name, "starts_from": start}
+    log.info("%s starts from %s: nothing to pretrain", study.model.name, start)
+    save_torch({"config": metrics, "backbone": {}}, layout.pretrained_backbone())
+    write_rows([], LOG_FIELDS, layout.pretrain_log())
     write_json(metrics, layout.pretrain_metrics())
     return metrics

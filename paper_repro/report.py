@@ -1,5 +1,5 @@
 """The ``report`` stage: runs -> tables of mean, standard deviation and number of seeds per
-dataset, method and fraction, with the difference of the means to ``ce`` and the paired
+dataset, method and label percent, with the difference of the means to ``ce`` and the paired
 statistics of the per-seed differences to ``ce`` (mean, 95% t-interval, number of pairs,
 whether the interval excludes 0).
 
@@ -18,8 +18,8 @@ import pandas as pd
 from scipy import stats
 
 from .atomic import write_table
-from .config import ABLATED, BASELINE
-from .layout import Layout, Run, runs_of
+from .layout import Layout, Run
+from .settings import ABLATED, BASELINE, Settings
 
 log = logging.getLogger(__name__)
 GROUP = ["dataset", "method", "percent"]
@@ -56,7 +56,7 @@ def summarise(runs: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def paired_differences(runs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Per dataset, method and fraction: a 95% t-interval for the mean of the per-seed differences
+    """Per dataset, method and percent: a 95% t-interval for the mean of the per-seed differences
     to ``ce`` of ``column`` (within a seed every method shares subset, initialisation and data
     order, docs/method.md section 5; that mean is :func:`summarise`'s ``<column>_delta_vs_ce``),
     the number of pairs, and ``resolved`` when the interval excludes 0."""
@@ -94,9 +94,9 @@ def per_class(runs: list[Run], layout: Layout) -> pd.DataFrame:
     return table.round(4)
 
 
-def report(params: dict, layout: Layout = Layout()) -> dict[str, Path]:
+def report(settings: Settings, layout: Layout = Layout()) -> dict[str, Path]:
     """Write the study's tables; returns their paths by name."""
-    study = runs_of(params)
+    study = settings.study.runs()
     runs = load_runs(study, layout)
     tables = {
         "runs": runs.round(4),
@@ -104,9 +104,8 @@ def report(params: dict, layout: Layout = Layout()) -> dict[str, Path]:
         "calibration": with_paired(runs, "ece").merge(summarise(runs, "pixel_accuracy").drop(columns="n"), on=GROUP),
         "per_class": per_class(study, layout),
     }
-    if "ablation" in params:  # the ablation's variants beside the study's ce and pals runs of the same fractions and seeds
-        methods = [BASELINE, ABLATED, *params["ablation"]["methods"]]
-        ablation = load_runs(runs_of(params, "ablation", methods), layout)
+    if settings.ablation:  # the ablation's variants beside the study's ce and pals runs of the same percents and seeds
+        ablation = load_runs(settings.ablation.runs((BASELINE, ABLATED, *settings.ablation.methods)), layout)
         tables["ablation"] = with_paired(ablation, "miou").merge(with_paired(ablation, "ece").drop(columns="n"), on=GROUP)
     paths = {}
     for name, table in tables.items():

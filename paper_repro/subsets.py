@@ -1,4 +1,4 @@
-"""The ``subsets`` stage: seeded, nested label-fraction subsets as plain-text manifests, and the
+"""The ``subsets`` stage: seeded, nested label-percent subsets as plain-text manifests, and the
 class coverage of each (docs/method.md, section 4)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from . import IGNORE_INDEX
 from .atomic import write_table, write_text
 from .errors import DataError
 from .layout import Layout
+from .settings import DatasetSettings, Settings
 
 if TYPE_CHECKING:  # pandas is imported where it is used: training reads manifests without it
     import pandas as pd
@@ -28,7 +29,7 @@ def subset_size(percent: int, total: int) -> int:
 
 
 def nested_subsets(ids: Sequence[str], percents: Iterable[int], seed: int) -> dict[int, list[str]]:
-    """``{percent: ids}`` where every smaller fraction's subset lies inside every larger one.
+    """``{percent: ids}`` where every smaller percent's subset lies inside every larger one.
 
     One seeded permutation of the (sorted, so input order does not matter) ids is drawn and
     each percent takes its first ``subset_size(percent, len(ids))`` entries, which makes the
@@ -37,7 +38,7 @@ def nested_subsets(ids: Sequence[str], percents: Iterable[int], seed: int) -> di
     percents = list(percents)
     for percent in percents:
         if isinstance(percent, bool) or not isinstance(percent, int) or not 0 < percent <= 100:
-            raise ValueError(f"label fractions are integer percents in (0, 100], got {percent!r}")
+            raise ValueError(f"label percents are integer percents in (0, 100], got {percent!r}")
     unique = sorted(set(ids))
     if len(unique) != len(ids):
         raise ValueError(f"ids must be unique; {len(ids) - len(unique)} duplicates given")
@@ -87,21 +88,19 @@ def subset_coverage(ids: Sequence[str], counts: np.ndarray, subsets: dict[int, l
     return pd.DataFrame.from_records(records)
 
 
-def make_subsets(params: dict, dataset: str, layout: Layout = Layout()) -> None:
-    """Write the manifests of every seed and fraction of the study, and their class coverage."""
+def make_subsets(settings: Settings, spec: DatasetSettings, layout: Layout = Layout()) -> None:
+    """Write the manifests of every seed and label percent of the study, and their class coverage."""
     import pandas as pd
 
-    from .config import dataset_params
     from .data import class_names, open_dataset
 
-    spec = dataset_params(params, dataset)
-    data = open_dataset(spec, spec["train_split"])
-    log.info("%s: reading %d training labels for class coverage", dataset, len(data))
-    counts = class_pixel_counts(data, spec["num_classes"])
+    data = open_dataset(spec, spec.train_split)
+    log.info("%s: reading %d training labels for class coverage", spec.name, len(data))
+    counts = class_pixel_counts(data, spec.num_classes)
     coverage = []
-    for seed in params["study"]["seeds"]:
-        subsets = nested_subsets(data.ids, params["study"]["fractions"], seed)
+    for seed in settings.study.seeds:
+        subsets = nested_subsets(data.ids, settings.study.percents, seed)
         for percent, ids in subsets.items():
-            write_manifest(ids, layout.manifest(dataset, seed, percent))
+            write_manifest(ids, layout.manifest(spec.name, seed, percent))
         coverage.append(subset_coverage(data.ids, counts, subsets, class_names(spec), seed))
-    write_table(pd.concat(coverage), layout.coverage(dataset))
+    write_table(pd.concat(coverage), layout.coverage(spec.name))

@@ -1,31 +1,35 @@
-"""Training loop: one (dataset, method, label fraction, seed) run, resumable, single- or multi-process.
+"""Training loop: one (dataset, method, label percent, seed) run, resumable, single- or multi-process.
 
 Read top to bottom: data (the subset manifest, seeded batches), model and loss, SGD with
 momentum and poly learning-rate decay per iteration, then the loop, which checkpoints every
-``train.checkpoint_every`` iterations. Every fraction of a dataset trains for the same
-``train.iterations`` (smaller subsets are repeated more often).
+``train.checkpoint_every`` iterations. Every label percent of a dataset trains for the same
+``train.iterations`` (smaller subsets are repeated more often). Everything a run needs arrives
+resolved as one :class:`~paper_repro.settings.RunSettings`.
 
 Determinism: batch ``k`` holds the samples at positions ``k*B .. k*B+B-1`` of a stream of
 per-epoch permutations seeded by ``(seed, epoch)``, and each sample's augmentation is seeded
 by ``(seed, position)``. The data a run sees is therefore a function of the seed and the
 iteration alone (not of worker count or restarts), so a run killed and resumed from its last
-checkpoint ends, on the CPU, with exactly the weights of an uninterrupted run.
+checkpoint ends, on the CPU, with exactly the weights of an uninterrupted run with the same
+number of threads (the thread count changes the last bits: the CSV log records it at every
+iteration).
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the run uses DistributedDataParallel (NCCL with
 SyncBatchNorm on CUDA; gloo on the CPU, where PyTorch has no SyncBatchNorm and each rank
 normalises with its own batch); each rank takes its own ``B`` samples of every global batch
-of ``B * world_size``. On CUDA, ``train.amp`` selects bf16 or fp16 autocast.
+of ``B * world_size``, so a run's data and weights depend on the number of processes: a
+checkpoint written with another number is not resumed. On CUDA, ``train.amp`` selects bf16 or
+fp16 autocast.
 """
 
 from __future__ import annotations
 
 import csv
-import ctypes
 import hashlib
 import logging
 import os
-import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +39,20 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .atomic import exclusive_lock, save_torch, write_rows
-from .checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, restore_rng_states, rng_states, seed_everything
-from .errors import TrainingDiverged
-from .config import dataset_params, method_loss, method_params, train_settings
+from .checkpoint import RESUME_KEYS, load_checkpoint, restore_rng_states, rng_states, seed_everything
 from .data import open_dataset
 from .data.transforms import train_transforms
-from .layout import Layout, Run
+from .errors import CheckpointError, TrainingDiverged
+from .layout import Layout
+from .losses import loss_of
 from .models import build_model
+from .runtime import autocast_dtype, keep_freed_memory, setup_distributed
+from .settings import DatasetSettings, Optimisation, RunSettings, TrainSettings
 from .subsets import read_manifest
 
 log = logging.getLogger(__name__)
-LOG_FIELDS = ("iteration", "loss", "lr", "data_seconds", "step_seconds")
-TIMING_FIELDS = ("data_seconds", "step_seconds")  # in the CSV log only: the checkpoint holds what defines the weights
+LOG_FIELDS = ("iteration", "loss", "lr", "threads", "data_seconds", "step_seconds")
+MACHINE_FIELDS = ("threads", "data_seconds", "step_seconds")  # in the CSV log only: the checkpoint holds what defines the weights
 
 
 def derived_seed(seed: int, purpose: int, counter: int) -> int:
@@ -95,60 +101,25 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
-def open_training_data(params: dict, dataset: str, ids: list[str] | None = None) -> Dataset:
+
+
+def open_training_data(spec: DatasetSettings, cache_decoded: bool, ids: list[str] | None = None) -> Dataset:
     """The training split (or its ``ids``) with the random training transforms."""
-    spec = dataset_params(params, dataset)
-    transforms = train_transforms(spec["crop"], spec["base_size"], spec["scale_range"])
-    data = open_dataset(spec, spec["train_split"], ids, transforms)
-    return data.keep_decoded() if train_settings(params, dataset)["cache_decoded"] else data
+    transforms = train_transforms(spec.crop, spec.base_size, spec.scale_range)
+    data = open_dataset(spec, spec.train_split, ids, transforms)
+    return data.keep_decoded() if cache_decoded else data
 
 
-def training_loader(data: Dataset, settings: dict, seed: int, start: int = 0, rank: int = 0, world: int = 1,
+def training_loader(data: Dataset, settings: TrainSettings, seed: int, start: int = 0, rank: int = 0, world: int = 1,
                     device: torch.device = torch.device("cpu")) -> DataLoader:
     """Batches of iterations ``start .. train.iterations - 1`` for one rank, a function of the seed alone."""
     return DataLoader(
         SeededSamples(data),
-        batch_sampler=SeededBatches(len(data), settings["batch_size"], seed, start, settings["iterations"], rank, world),
-        num_workers=settings["workers"],
+        batch_sampler=SeededBatches(len(data), settings.batch_size, seed, start, settings.iterations, rank, world),
+        num_workers=settings.workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # its own seed draw must not advance the global RNG that dropout uses
     )
-
-
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """``(rank, world_size, device)``; initialises the process group under ``torchrun``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    if cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        return rank, world, torch.device("cuda", local_rank)
-    return rank, world, torch.device("cpu")
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or amp == "off":
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def keep_freed_memory() -> None:
-    """Have glibc keep freed memory for reuse instead of returning it to the system (no-op without glibc).
-
-    A training step allocates and frees the same multi-megabyte tensors at every iteration.
-    With glibc's defaults many of them are fresh ``mmap`` regions whose pages fault in anew
-    each time, at about 1 ms per 5 MB tensor on a 2-core CPU; served from a heap that is not
-    trimmed they cost nothing extra. ``python -m paper_repro bench`` measures steps with it.
-    """
-    if platform.libc_ver()[0] != "glibc":
-        return
-    libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest: blocks up to 32 MB come from the heap
-    libc.mallopt(m_trim_threshold, 2**30)  # and up to 1 GB of freed heap stays mapped
 
 
 def files_fingerprint(files) -> str:
@@ -167,23 +138,20 @@ def files_fingerprint(files) -> str:
     return digest.hexdigest()
 
 
-RESUMABLE_ACROSS = ("workers", "cache_decoded", "checkpoint_every")
-
-
-def run_config(params: dict, run: Run, data) -> dict:
+def run_config(settings: RunSettings, data, processes: int) -> dict:
     """Everything that defines a run's weights; a checkpoint is resumed only if this matches exactly.
 
     It includes a fingerprint of the training files' contents, so regenerated or replaced data
     starts a fresh run instead of resuming weights trained on the old files; the dataset's
     ``root`` is left out (the contents say what the data is, not where it lies). The ``train``
     settings that only say how batches are loaded and how often they are saved
-    (``RESUMABLE_ACROSS``) are left out too: a run may resume with other values of them.
+    (``TrainSettings.RESUMABLE_ACROSS``) are left out too: a run may resume with other values of
+    them. The number of processes is in: each takes ``train.batch_size`` samples of every step.
     """
-    data_spec = {key: value for key, value in dataset_params(params, run.dataset).items() if key != "root"}
+    data_spec = {key: value for key, value in asdict(settings.dataset).items() if key not in ("root", "train")}
     return {
-        "dataset": run.dataset, "method": run.method, "percent": run.percent, "seed": run.seed, "files": files_fingerprint(data.files),
-        "data": data_spec, "loss": method_params(params, run.method), "model": params["model"],
-        "train": {key: value for key, value in train_settings(params, run.dataset).items() if key not in RESUMABLE_ACROSS},
+        "run": asdict(settings.run), "files": files_fingerprint(data.files), "data": data_spec, "loss": asdict(settings.loss),
+        "model": asdict(settings.model), "train": settings.train.defining_weights(), "processes": processes,
     }
 
 
@@ -210,20 +178,20 @@ def usable_checkpoint(path: Path, config: dict, device: torch.device, move_aside
     return state
 
 
-def with_logged_timings(rows: list[dict], log_path: Path) -> list[dict]:
-    """The checkpoint's log rows with the timings the CSV log recorded for them (blank where it has none)."""
+def with_machine_fields(rows: list[dict], log_path: Path) -> list[dict]:
+    """The checkpoint's log rows with the threads and timings the CSV log recorded for them (blank where it has none)."""
     logged = {}
     if log_path.is_file():
         with open(log_path, newline="") as handle:
             logged = {int(row["iteration"]): row for row in csv.DictReader(handle)}
-    return [row | {field: logged.get(row["iteration"], {}).get(field, "") for field in TIMING_FIELDS} for row in rows]
+    return [row | {field: logged.get(row["iteration"], {}).get(field, "") for field in MACHINE_FIELDS} for row in rows]
 
 
-def build_optimisation(model: torch.nn.Module, settings: dict, dtype: torch.dtype | None, device: torch.device):
+def build_optimisation(model: torch.nn.Module, settings: Optimisation, dtype: torch.dtype | None, device: torch.device):
     """``(optimizer, scheduler, scaler)``: SGD with momentum and weight decay, polynomial decay of the
-    learning rate over ``settings["iterations"]``, and a gradient scaler that is active under fp16 only."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=settings["iterations"], power=settings["poly_power"])
+    learning rate over ``settings.iterations``, and a gradient scaler that is active under fp16 only."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=settings.iterations, power=settings.poly_power)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return optimizer, scheduler, scaler
 
@@ -243,7 +211,7 @@ def training_step(model, criterion, optimizer, scheduler, scaler, images, masks,
     return loss.item(), lr
 
 
-def train(params: dict, run: Run, layout: Layout = Layout()) -> Path:
+def train(settings: RunSettings, layout: Layout = Layout()) -> Path:
     """Train one run into its run folder (``checkpoint.pt``, ``model.pt``) and write its CSV log; returns ``model.pt``.
 
     Rank 0 holds the run's lock (``Layout.run_lock``) throughout: a second training of the same
@@ -251,31 +219,31 @@ def train(params: dict, run: Run, layout: Layout = Layout()) -> Path:
     """
     rank, world, device = setup_distributed()
     if rank > 0:
-        return train_unlocked(params, run, layout, rank, world, device)
+        return train_unlocked(settings, layout, rank, world, device)
+    run = settings.run
     busy = f"{layout.run_dir(run)} is being trained by {{holder}} (lock {{lock}}); wait for it to finish or stop it"
     with exclusive_lock(layout.run_lock(run), busy):
-        return train_unlocked(params, run, layout, rank, world, device)
+        return train_unlocked(settings, layout, rank, world, device)
 
 
-def train_unlocked(params: dict, run: Run, layout: Layout, rank: int, world: int, device: torch.device) -> Path:
+def train_unlocked(settings: RunSettings, layout: Layout, rank: int, world: int, device: torch.device) -> Path:
     keep_freed_memory()
-    spec = dataset_params(params, run.dataset)
-    settings = train_settings(params, run.dataset)
+    run, spec, schedule = settings.run, settings.dataset, settings.train
 
-    data = open_training_data(params, run.dataset, read_manifest(layout.manifest(run.dataset, run.seed, run.percent)))
-    config = run_config(params, run, data)
+    data = open_training_data(spec, schedule.cache_decoded, read_manifest(layout.manifest(run.dataset, run.seed, run.percent)))
+    config = run_config(settings, data, world)
 
     seed_everything(run.seed)
-    model = build_model(params["model"]["name"], spec["num_classes"], params["model"]["pretrained_backbone"], layout.pretrained_backbone())
+    model = build_model(settings.model.name, spec.num_classes, settings.model.pretrained_backbone, layout.pretrained_backbone())
     model = model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU alike
     if world > 1:
         if device.type == "cuda":  # PyTorch's SyncBatchNorm is GPU-only; on gloo each rank keeps its own statistics
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     bare_model = model.module if world > 1 else model
-    criterion = method_loss(params, run.method, spec["num_classes"])
-    dtype = autocast_dtype(settings["amp"], device)
-    optimizer, scheduler, scaler = build_optimisation(model, settings, dtype, device)
+    criterion = loss_of(settings.loss, spec.num_classes)
+    dtype = autocast_dtype(schedule.amp, device)
+    optimizer, scheduler, scaler = build_optimisation(model, schedule, dtype, device)
 
     checkpoint_path, log_path = layout.checkpoint(run), layout.log(run)
     start, rows = 0, []
@@ -286,13 +254,13 @@ def train_unlocked(params: dict, run: Run, layout: Layout, rank: int, world: int
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         restore_rng_states(state["rng"])
-        start, rows = state["iteration"], with_logged_timings(state["log"], log_path)
+        start, rows = state["iteration"], with_machine_fields(state["log"], log_path)
         log.info("resuming %s from iteration %d", layout.run_dir(run), start)
-    total = settings["iterations"]
-    log.info("training %s %s %d%% seed %d: %d images, %d iterations of batch %d x %d process(es) on %s",
-             run.dataset, run.method, run.percent, run.seed, len(data), total, settings["batch_size"], world, device)
+    total, threads = schedule.iterations, torch.get_num_threads()
+    log.info("training %s %s %d%% seed %d: %d images, %d iterations of batch %d x %d process(es) on %s, %d thread(s)",
+             run.dataset, run.method, run.percent, run.seed, len(data), total, schedule.batch_size, world, device, threads)
 
-    loader = training_loader(data, settings, run.seed, start, rank, world, device)
+    loader = training_loader(data, schedule, run.seed, start, rank, world, device)
     model.train()
     quiet = {} if rank == 0 else {"disable": True}  # rank 0 alone shows progress (TQDM_DISABLE=1 silences it)
     progress = tqdm(total=total, initial=start, desc=f"train {run.dataset} {run.name}", **quiet)
@@ -303,17 +271,17 @@ def train_unlocked(params: dict, run: Run, layout: Layout, rank: int, world: int
         began = time.perf_counter()
         loss_value, lr = training_step(model, criterion, optimizer, scheduler, scaler, images, masks, dtype)
         finished = time.perf_counter()
-        rows.append({"iteration": iteration + 1, "loss": round(loss_value, 6), "lr": lr,
+        rows.append({"iteration": iteration + 1, "loss": round(loss_value, 6), "lr": lr, "threads": threads,
                      "data_seconds": round(began - waited, 6), "step_seconds": round(finished - began, 6)})
         progress.update()
         progress.set_postfix(loss=f"{loss_value:.3f}")
         if not np.isfinite(loss_value):
             raise TrainingDiverged(f"loss became {loss_value} at iteration {iteration + 1}; lower train.lr")
         done = iteration + 1
-        if rank == 0 and (done % settings["checkpoint_every"] == 0 or done == total):
+        if rank == 0 and (done % schedule.checkpoint_every == 0 or done == total):
             save_torch({
                 "config": config, "iteration": done, "model": bare_model.state_dict(),
-                "log": [{key: value for key, value in row.items() if key not in TIMING_FIELDS} for row in rows],
+                "log": [{key: value for key, value in row.items() if key not in MACHINE_FIELDS} for row in rows],
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng_states(),
             }, checkpoint_path)

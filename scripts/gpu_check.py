@@ -25,26 +25,27 @@ import torch
 
 from paper_repro.atomic import write_json
 from paper_repro.bench import step_memory, step_times
-from paper_repro.config import load_params
-from paper_repro.train import autocast_dtype
+from paper_repro.config import load_settings
+from paper_repro.runtime import autocast_dtype
+from paper_repro.settings import Settings
 
 SMOKE_METHODS = ("ce", "pals")
 
 
-def smoke_run(params: dict, dataset: str, device: torch.device, steps: int, size: list[int] | None = None,
+def smoke_run(settings: Settings, dataset: str, device: torch.device, steps: int, size: list[int] | None = None,
               batch: int | None = None) -> dict:
     """Median step time (s) of ``ce`` and ``pals`` and, on CUDA, each one's peak memory for the
-    paper-scale model at ``dataset``'s crop and ``train.batch_size`` (or ``size`` and ``batch``),
+    paper-scale model at ``dataset``'s crop and train batch size (or ``size`` and ``batch``),
     timed by the benchmark's own ``step_times`` and ``step_memory`` in ``train.amp`` on CUDA."""
-    spec = params["datasets"][dataset]
-    case = {"device": str(device), "model": "deeplabv3plus_resnet101", "classes": spec["num_classes"], "params": params,
-            "size": list(size or spec["crop"]), "batch": batch or params["train"]["batch_size"], "repeats": steps,
-            "methods": SMOKE_METHODS}
+    spec, train = settings.dataset(dataset), settings.train_of(dataset)
+    case = {"device": str(device), "model": "deeplabv3plus_resnet101", "classes": spec.num_classes, "train": train,
+            "losses": {method: settings.loss(method) for method in SMOKE_METHODS},
+            "size": list(size or spec.crop), "batch": batch or train.batch_size, "repeats": steps, "methods": SMOKE_METHODS}
     median = step_times(case)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model": case["model"], "size": case["size"], "batch": case["batch"], "steps": steps,
-        "precision": str(autocast_dtype(params["train"]["amp"], device) or torch.float32).removeprefix("torch."),
+        "precision": str(autocast_dtype(train.amp, device) or torch.float32).removeprefix("torch."),
         "step_seconds": median, "pals_over_ce": median["pals"] / median["ce"],
         "peak_memory_mb": {method: step_memory(case | {"method": method}) for method in SMOKE_METHODS} if device.type == "cuda" else None,
     }
@@ -59,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device is visible: the GPU check measures nothing here (run it on a GPU machine)")
         return 0
     subprocess.run([sys.executable, "-m", "paper_repro", "bench"], check=True)
-    params = load_params(args.preset)
-    [dataset] = params["study"]["datasets"]
-    report = smoke_run(params, dataset, torch.device("cuda"), args.steps)
+    settings = load_settings(args.preset)
+    [dataset] = settings.study.datasets
+    report = smoke_run(settings, dataset, torch.device("cuda"), args.steps)
     for method, seconds in report["step_seconds"].items():
         print(f"{method}: {seconds * 1000:.0f} ms per step")
     peaks = ", ".join(f"{method} {megabytes:.0f} MB" for method, megabytes in report["peak_memory_mb"].items())

@@ -11,7 +11,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY_PARAMS = {
-    "study": {"datasets": ["tiny-streets"], "methods": ["ce", "pals"], "fractions": [50, 100], "seeds": [0]},
+    "study": {"datasets": ["tiny-streets"], "methods": ["ce", "pals"], "percents": [50, 100], "seeds": [0]},
     "datasets": {
         "tiny-streets": {
             "kind": "cityscapes", "root": "data/tiny-streets", "num_classes": 19,
@@ -21,7 +21,7 @@ TINY_PARAMS = {
         }
     },
     "methods": {"ce": {"loss": "ce"}, "ls": {"loss": "ls", "eps": 0.1}, "pals": {"loss": "pals", "alpha": 0.5, "tau": 0.1, "T": 1.0}},
-    "explain": {"method": "pals", "fraction": 50, "seed": 0, "pixels": 3},
+    "explain": {"method": "pals", "percent": 50, "seed": 0, "pixels": 3},
     "pretrain": {"images": 16, "held_out": 8, "size": [32, 32], "seed": 0, "typical_look": 0.5, "iterations": 3, "batch_size": 4,
                  "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0001, "poly_power": 0.9},
     "model": {"name": "deeplabv3plus_small", "pretrained_backbone": False},

@@ -13,8 +13,10 @@ from conftest import TINY_PARAMS
 from paper_repro import evaluate as evaluate_module
 from paper_repro import train as train_module
 from paper_repro.layout import Layout, Run
+from paper_repro.settings import resolve
 
 PARAMS = copy.deepcopy(TINY_PARAMS) | {"train": TINY_PARAMS["train"] | {"amp": "bf16", "iterations": 4, "checkpoint_every": 2}}
+SETTINGS = resolve(PARAMS, "bf16 test parameters")
 
 
 def run_study(workspace, monkeypatch, dtype):
@@ -24,8 +26,9 @@ def run_study(workspace, monkeypatch, dtype):
     monkeypatch.setattr(train_module, "autocast_dtype", lambda amp, device: dtype)
     seen = {}
 
-    def recording_loss(params, method, num_classes):
-        criterion = method_loss(params, method, num_classes)
+    def recording_loss(settings, num_classes):
+        criterion = loss_of(settings, num_classes)
+        method = {"ce": "ce", "ls": "ls", "pals": "pals"}[settings.loss]
 
         def loss(logits, target, features):
             seen.setdefault(method, set()).update({logits.dtype, features.dtype})
@@ -34,15 +37,15 @@ def run_study(workspace, monkeypatch, dtype):
             return value
         return loss
 
-    method_loss = train_module.method_loss
-    monkeypatch.setattr(train_module, "method_loss", recording_loss)
+    loss_of = train_module.loss_of
+    monkeypatch.setattr(train_module, "loss_of", recording_loss)
     layout, logs, metrics = Layout("."), {}, {}
     for method in ("ce", "ls", "pals"):
-        run = Run("tiny-streets", method, 100, 0)
-        train_module.train(copy.deepcopy(PARAMS), run, layout)
-        logs[method] = torch.load(layout.checkpoint(run), weights_only=True)["log"]
+        run = SETTINGS.run(Run("tiny-streets", method, 100, 0))
+        train_module.train(run, layout)
+        logs[method] = torch.load(layout.checkpoint(run.run), weights_only=True)["log"]
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            metrics[method] = evaluate_module.evaluate(copy.deepcopy(PARAMS), run, layout)
+            metrics[method] = evaluate_module.evaluate(run, layout)
     return logs, metrics, seen
 
 

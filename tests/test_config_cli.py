@@ -1,5 +1,6 @@
 """Parameters, presets and the command line: validation and one-line errors for user mistakes."""
 
+import json
 import os
 import re
 import shutil
@@ -11,7 +12,7 @@ import yaml
 
 from conftest import ROOT, TINY_PARAMS, run_cli
 from paper_repro.cli import STAGES, main
-from paper_repro.config import ParamsError, apply_override, load_params
+from paper_repro.config import ParamsError, apply_override, load_settings, read_params, write_preset
 from paper_repro.layout import Layout, Run
 
 DVC_ENV = os.environ | {"DVC_NO_ANALYTICS": "1"}
@@ -20,21 +21,22 @@ PARAMETER_FILES = [ROOT / "params.yaml", *sorted((ROOT / "presets").glob("*.yaml
 
 @pytest.mark.parametrize("path", PARAMETER_FILES, ids=lambda p: p.name)
 def test_params_and_presets_resolve_and_validate(path):
-    params = load_params(path)
-    for dataset in params["study"]["datasets"]:
-        assert dataset in params["datasets"]
-    assert {"ce", "ls", "pals"} <= set(params["study"]["methods"])
-    assert params["study"]["seeds"] == [0, 1, 2]
-    # the embedded default runs the two ends of the presets' label fractions, within its CPU budget
-    assert params["study"]["fractions"] == ([10, 100] if path.name == "params.yaml" else [10, 30, 50, 100])
+    settings = load_settings(path)
+    for dataset in settings.study.datasets:
+        assert dataset in settings.datasets
+    assert {"ce", "ls", "pals"} <= set(settings.study.methods)
+    assert settings.study.seeds == (0, 1, 2)
+    # the embedded default runs the two ends of the presets' label percents, within its CPU budget
+    assert settings.study.percents == ((10, 100) if path.name == "params.yaml" else (10, 30, 50, 100))
 
 
 def test_real_presets_use_the_paper_scale_model_and_real_data():
     for name, kind in (("cityscapes", "cityscapes"), ("voc", "voc")):
-        params = load_params(ROOT / "presets" / f"{name}.yaml")
-        assert params["model"] == {"name": "deeplabv3plus_resnet101", "pretrained_backbone": True}
-        [dataset] = params["study"]["datasets"]
-        assert params["datasets"][dataset]["kind"] == kind and not params["datasets"][dataset].get("generate")
+        settings = load_settings(ROOT / "presets" / f"{name}.yaml")
+        assert (settings.model.name, settings.model.pretrained_backbone) == ("deeplabv3plus_resnet101", True)
+        assert not settings.model.loads_pretrain_stage
+        [dataset] = settings.study.datasets
+        assert settings.datasets[dataset].kind == kind and not settings.datasets[dataset].generate
 
 
 def test_overrides_are_parsed_as_yaml_and_must_name_known_keys():
@@ -55,8 +57,8 @@ def test_overrides_are_parsed_as_yaml_and_must_name_known_keys():
         ("train.lr=-1", "train.lr must be a positive number"),
         ("train.amp=fp8", "train.amp must be one of off, bf16, fp16"),
         ("train.cache_decoded=1", "train.cache_decoded must be true or false, got 1"),
-        ("study.fractions=[10, 0.5]", "study.fractions must be a non-empty list of integer percents in (0, 100], got [10, 0.5]"),
-        ("study.fractions=[10, 10]", "study.fractions lists a value twice"),
+        ("study.percents=[10, 0.5]", "study.percents must be a non-empty list of integer percents in (0, 100], got [10, 0.5]"),
+        ("study.percents=[10, 10]", "study.percents lists a value twice"),
         ("study.methods=[ce, focal]", "study.methods names 'focal'"),
         ("study.methods=[pals]", "study.methods must include ce, the baseline"),
         ("study.datasets=[kitti]", "study.datasets names 'kitti'"),
@@ -82,7 +84,7 @@ def test_overrides_are_parsed_as_yaml_and_must_name_known_keys():
         ("evaluate.figure_images=-1", "evaluate.figure_images must be a non-negative integer, got -1"),
         ("evaluate.calibration_bins=0", "evaluate.calibration_bins must be a positive integer, got 0"),
         # the explanation figure's run must be a PALS run of the study
-        ("explain.fraction=30", "explain.fraction must be one of study.fractions [50, 100], got 30"),
+        ("explain.percent=30", "explain.percent must be one of study.percents [50, 100], got 30"),
         ("explain.seed=3", "explain.seed must be one of study.seeds [0], got 3"),
         ("explain.method=ce", "explain.method must be a method with the PALS aggregation"),
         ("explain.method=ls", "explain.method must be one of study.methods (ce, pals), got 'ls'"),
@@ -92,7 +94,7 @@ def test_invalid_parameters_name_the_key(tmp_path, override, message):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(TINY_PARAMS))
     with pytest.raises(ParamsError) as error:
-        load_params(path, [override])
+        load_settings(path, [override])
     assert message in str(error.value) and str(path) in str(error.value)
 
 
@@ -101,19 +103,19 @@ def test_invalid_parameters_name_the_key(tmp_path, override, message):
     [
         ({"methods": ["ce", "pals_tau_low"]}, "ablation.methods names ['ce'], which the study already runs"),
         ({"methods": ["pals"]}, "ablation.methods names ['pals'], which the study already runs"),
-        ({"fractions": [10]}, "ablation.fractions names 10, which is not under study.fractions"),
+        ({"percents": [10]}, "ablation.percents names 10, which is not under study.percents"),
         ({"seeds": [1]}, "ablation.seeds names 1, which is not under study.seeds"),
     ],
 )
 def test_ablation_lists_only_variants_over_the_study_runs(tmp_path, ablation, message):
     params = TINY_PARAMS | {"methods": TINY_PARAMS["methods"] | {"pals_tau_low": {"loss": "pals", "tau": 0.03}},
-                            "ablation": {"datasets": ["tiny-streets"], "methods": ["pals_tau_low"], "fractions": [50], "seeds": [0]}}
+                            "ablation": {"datasets": ["tiny-streets"], "methods": ["pals_tau_low"], "percents": [50], "seeds": [0]}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    load_params(path)  # valid as it is
+    load_settings(path)  # valid as it is
     path.write_text(yaml.safe_dump(params | {"ablation": params["ablation"] | ablation}))
     with pytest.raises(ParamsError, match=re.escape(message)):
-        load_params(path)
+        load_settings(path)
 
 
 @pytest.mark.parametrize(
@@ -130,9 +132,9 @@ def test_invalid_bench_parameters_name_the_key(tmp_path, override, message):
     path = tmp_path / "params.yaml"
     default = yaml.safe_load((ROOT / "params.yaml").read_text())  # its bench section times the study's datasets
     path.write_text(yaml.safe_dump(TINY_PARAMS | {"bench": default["bench"], "datasets": TINY_PARAMS["datasets"] | default["datasets"]}))
-    load_params(path)  # the default bench section is valid
+    load_settings(path)  # the default bench section is valid
     with pytest.raises(ParamsError) as error:
-        load_params(path, [override])
+        load_settings(path, [override])
     assert message in str(error.value)
 
 
@@ -147,11 +149,12 @@ def test_every_stage_explains_itself(stage, capsys):
         main([stage, "--help"])
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    assert text.startswith(f"usage: python -m paper_repro {stage} [-h] [--params PARAMS] [--set KEY=VALUE]")
+    assert text.startswith(f"usage: python -m paper_repro {stage} [-h] preset" if stage == "preset" else
+                           f"usage: python -m paper_repro {stage} [-h] [--params PARAMS] [--set KEY=VALUE]")
     assert STAGES[stage].help in text  # the stage's own description, whole
-    expected = {"dataset": ["--dataset"], "run": ["--dataset", "--method", "--fraction", "--seed"], "notebook": ["--name"],
-                "launch": ["--status", "--no-wait"], None: []}[STAGES[stage].target]
-    offered = [option for option in ("--dataset", "--method", "--fraction", "--seed", "--name", "--status", "--no-wait") if f"{option} " in text]
+    expected = {"dataset": ["--dataset"], "run": ["--dataset", "--method", "--percent", "--seed"], "notebook": ["--name"],
+                "launch": ["--status", "--no-wait"], None: [], "preset": []}[STAGES[stage].target]
+    offered = [option for option in ("--dataset", "--method", "--percent", "--seed", "--name", "--status", "--no-wait") if f"{option} " in text]
     assert offered == expected
 
 
@@ -164,6 +167,7 @@ def test_programming_errors_keep_their_traceback(tmp_path, monkeypatch, error):
         raise error
 
     monkeypatch.setattr(paper_repro.report, "report", broken)
+    monkeypatch.chdir(tmp_path)  # not a DVC workspace: any parameter file may be named
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
     with pytest.raises(type(error), match="a bug"):
         main(["report", "--params", str(tmp_path / "params.yaml")])
@@ -172,13 +176,13 @@ def test_programming_errors_keep_their_traceback(tmp_path, monkeypatch, error):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["train", "--dataset", "kitti", "--method", "ce", "--fraction", "10", "--seed", "0"], "unknown dataset 'kitti'"),
-        (["train", "--dataset", "tiny-streets", "--method", "focal", "--fraction", "10", "--seed", "0"], "unknown method 'focal'"),
-        (["train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "10", "--seed", "0"], "missing subset manifest subsets/tiny-streets/seed0/10.txt"),
-        (["evaluate", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "7"], "missing trained model runs/tiny-streets/ce-50-7/model.pt"),
+        (["train", "--dataset", "kitti", "--method", "ce", "--percent", "10", "--seed", "0"], "unknown dataset 'kitti'"),
+        (["train", "--dataset", "tiny-streets", "--method", "focal", "--percent", "10", "--seed", "0"], "unknown method 'focal'"),
+        (["train", "--dataset", "tiny-streets", "--method", "ce", "--percent", "10", "--seed", "0"], "missing subset manifest subsets/tiny-streets/seed0/10.txt"),
+        (["evaluate", "--dataset", "tiny-streets", "--method", "ce", "--percent", "50", "--seed", "7"], "missing trained model runs/tiny-streets/ce-50-7/model.pt"),
         (["report", "--set", "train.nonsense=1"], "train.nonsense: unknown parameter"),
         (["report", "--params", "missing.yaml"], "parameter file missing.yaml does not exist"),
-        (["subsets", "--dataset", "tiny-streets", "--set", "study.fractions=[0]"], "study.fractions must be a non-empty list of integer percents"),
+        (["subsets", "--dataset", "tiny-streets", "--set", "study.percents=[0]"], "study.percents must be a non-empty list of integer percents"),
         (["generate", "--dataset", "tiny-streets", "--set", "methods.pals.tau=0"], "methods.pals.tau must be > 0, got 0"),
     ],
 )
@@ -190,8 +194,8 @@ def test_user_mistakes_end_in_one_line_errors(tiny_workspace, args, message):
     assert last.startswith("error: ") and message in last
 
 
-def test_bad_fraction_on_the_command_line_is_rejected(tiny_workspace):
-    result = run_cli(tiny_workspace, "train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "0", "--seed", "0")
+def test_bad_percent_on_the_command_line_is_rejected(tiny_workspace):
+    result = run_cli(tiny_workspace, "train", "--dataset", "tiny-streets", "--method", "ce", "--percent", "0", "--seed", "0")
     assert result.returncode == 2 and "must be an integer percent in (0, 100]" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -204,21 +208,20 @@ def test_dvc_pipeline_expands_to_the_full_study():
     result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True, env=DVC_ENV)
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
-    params = load_params(ROOT / "params.yaml")
-    study = params["study"]
-    runs = len(study["datasets"]) * len(study["methods"]) * len(study["fractions"]) * len(study["seeds"])
-    assert sum(name.startswith("run@") for name in names) == runs
+    settings = load_settings(ROOT / "params.yaml")
+    study = settings.study
+    assert sum(name.startswith("run@") for name in names) == len(study.datasets) * len(study.methods) * len(study.percents) * len(study.seeds)
     assert "run@synthetic-cityscapes-pals-10-0" in names and "report" in names
-    # the launcher's cells are exactly DVC's run and run_ablation stages, by name
-    from paper_repro.launch import cells_of
+    # the launcher's runs are exactly DVC's run and run_ablation stages, by name
+    from paper_repro.launch import stages_of
 
-    assert sorted(cell.name for cell in cells_of(params)) == sorted(name for name in names if name.startswith("run"))
+    assert sorted(stages_of(settings).values()) == sorted(name for name in names if name.startswith("run"))
 
 
 @pytest.mark.parametrize("path", PARAMETER_FILES, ids=lambda p: p.name)
 def test_pipeline_resolves_with_every_parameter_file(tmp_path, path):
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
-    (tmp_path / "params.yaml").write_text(path.read_text())
+    write_preset(path, tmp_path / "params.yaml")  # params.yaml as it is, a preset merged over it
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=DVC_ENV)
     result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=tmp_path, capture_output=True, text=True, env=DVC_ENV)
     assert result.returncode == 0, result.stderr
@@ -260,23 +263,68 @@ def test_bench_writes_its_schema_on_a_tiny_size(tiny_workspace):
 
 def test_a_dataset_may_set_its_own_train_settings(tmp_path, tiny_workspace):
     """``datasets.<name>.train`` replaces entries of ``train`` for that dataset's runs, validated alike."""
-    from paper_repro.config import train_settings
-
     spec = TINY_PARAMS["datasets"]["tiny-streets"]
     params = TINY_PARAMS | {"datasets": {"tiny-streets": spec | {"train": {"iterations": 3}}}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    settings = train_settings(load_params(path), "tiny-streets")
-    assert settings == TINY_PARAMS["train"] | {"iterations": 3}
+    settings = load_settings(path).train_of("tiny-streets")
+    assert vars(settings) == TINY_PARAMS["train"] | {"iterations": 3}
     for override, message in (("{iterations: 0}", "datasets.tiny-streets.train.iterations must be a positive integer, got 0"),
                               ("{checkpoint_every: 0}", "datasets.tiny-streets.train.checkpoint_every must be a positive integer, got 0"),
                               ("{amp: fp8}", "datasets.tiny-streets.train.amp must be one of off, bf16, fp16, got 'fp8'"),
                               ("{epochs: 3}", "datasets.tiny-streets.train must be a mapping of train settings")):
         with pytest.raises(ParamsError, match=re.escape(message)):
-            load_params(path, [f"datasets.tiny-streets.train={override}"])
+            load_settings(path, [f"datasets.tiny-streets.train={override}"])
 
     for name in ("data", "subsets"):
         shutil.copytree(tiny_workspace / name, tmp_path / name)
-    result = run_cli(tmp_path, "train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "0")
+    result = run_cli(tmp_path, "train", "--dataset", "tiny-streets", "--method", "ce", "--percent", "50", "--seed", "0")
     assert result.returncode == 0, result.stderr
     assert len((tmp_path / Layout(".").log(Run("tiny-streets", "ce", 50, 0))).read_text().splitlines()) == 1 + 3
+
+
+def test_a_preset_is_an_overlay_that_dvc_records_as_the_effective_values(tmp_path):
+    """A preset gives only what it changes; `preset` writes the merge into params.yaml, where DVC sees
+    the switch; a second preset over an already-switched params.yaml is refused."""
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "presets", tmp_path / "presets")
+    env = DVC_ENV | {"PYTHONPATH": str(ROOT)}
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "."],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+        subprocess.run(command, cwd=tmp_path, check=True, env=env)
+    base, overlay = read_params(tmp_path / "params.yaml"), yaml.safe_load((ROOT / "presets" / "cityscapes.yaml").read_text())
+    assert "methods" not in overlay and "pretrain" not in overlay  # said once, in the base
+    assert read_params(tmp_path / "presets" / "cityscapes.yaml")["methods"] == base["methods"]
+    assert read_params(tmp_path / "presets" / "cityscapes.yaml")["train"] == base["train"] | overlay["train"]  # merged key by key
+
+    switched = run_cli(tmp_path, "preset", "presets/cityscapes.yaml")
+    assert switched.returncode == 0, switched.stderr
+    diff = json.loads(subprocess.run([sys.executable, "-m", "dvc", "params", "diff", "--json"], cwd=tmp_path, env=env,
+                                     capture_output=True, text=True, check=True).stdout)["params.yaml"]
+    assert diff["study.datasets"] == {"old": "['synthetic-cityscapes', 'synthetic-voc']", "new": "['cityscapes']"}  # as DVC shows lists
+    assert diff["model.name"]["new"] == "deeplabv3plus_resnet101" and diff["train.iterations"]["new"] == 80000
+    assert "methods.pals.tau" not in diff
+    assert load_settings(tmp_path / "params.yaml") == load_settings(tmp_path / "presets" / "cityscapes.yaml")
+
+    again = run_cli(tmp_path, "preset", "presets/voc.yaml")
+    assert again.returncode == 2 and "already holds the effective values of preset presets/cityscapes.yaml" in again.stderr
+
+
+def test_in_a_dvc_workspace_stage_commands_refuse_parameters_dvc_does_not_record(tmp_path):
+    """``--set methods.pals.tau=0.3`` would write runs/<dataset>/pals-... with another tau than DVC records."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    shutil.copy(tmp_path / "params.yaml", tmp_path / "other.yaml")
+    run = ["train", "--dataset", "tiny-streets", "--method", "pals", "--percent", "50", "--seed", "0"]
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    for extra, named in ((["--set", "methods.pals.tau=0.3"], "--set methods.pals.tau=0.3"), (["--params", "other.yaml"], "--params other.yaml")):
+        result = run_cli(tmp_path, *run, *extra)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+            f"error: {named}: in this DVC workspace the train stage writes outputs dvc.yaml tracks, made from params.yaml; "
+            "run `dvc exp run -S key=value` (or edit params.yaml, or work in a copy without dvc.yaml)")
+    # settings that change no output pass (here the run then stops on its missing manifest), as does any override without dvc.yaml
+    neutral = run_cli(tmp_path, *run, "--set", "train.workers=1", "--set", "train.checkpoint_every=3")
+    assert neutral.returncode == 2 and "missing subset manifest" in neutral.stderr
+    (tmp_path / "dvc.yaml").unlink()
+    elsewhere = run_cli(tmp_path, *run, "--set", "methods.pals.tau=0.3")
+    assert elsewhere.returncode == 2 and "missing subset manifest" in elsewhere.stderr

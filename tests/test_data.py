@@ -75,7 +75,7 @@ def test_cityscapes_loader_selects_ids(tmp_path):
     write_cityscapes_tree(tmp_path, "train", maps)
     dataset = CityscapesSegmentation(tmp_path, "train", ids=["testcity_000002_000019"])
     assert len(dataset) == 1 and dataset[0][1].unique().tolist() == [2]
-    with pytest.raises(KeyError, match="not in the split"):
+    with pytest.raises(DataError, match="not in the split"):
         CityscapesSegmentation(tmp_path, "train", ids=["nowhere_000000_000000"])
 
 

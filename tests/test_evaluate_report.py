@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from paper_repro.data import open_dataset
+from paper_repro.data.cityscapes import CityscapesSegmentation
 from paper_repro.data.transforms import eval_transforms
 from paper_repro.explain import query_pixels
 from paper_repro.models import build_model
@@ -18,7 +18,7 @@ from paper_repro.report import paired_differences, per_class, summarise
 
 
 def test_evaluation_matches_an_independent_recomputation(tiny_workspace):
-    args = ["--dataset", "tiny-streets", "--method", "ce", "--fraction", "100", "--seed", "0"]
+    args = ["--dataset", "tiny-streets", "--method", "ce", "--percent", "100", "--seed", "0"]
     assert run_cli(tiny_workspace, "train", *args).returncode == 0
     result = run_cli(tiny_workspace, "evaluate", *args)
     assert result.returncode == 0, result.stderr
@@ -29,8 +29,7 @@ def test_evaluation_matches_an_independent_recomputation(tiny_workspace):
     model = build_model("deeplabv3plus_small", 19)
     model.load_state_dict(state["model"])
     model.eval()
-    spec = {"kind": "cityscapes", "root": str(tiny_workspace / "data" / "tiny-streets")}
-    data = open_dataset(spec, "val", transforms=eval_transforms())
+    data = CityscapesSegmentation(tiny_workspace / "data" / "tiny-streets", "val", transforms=eval_transforms())
     cm = np.zeros((19, 19), dtype=np.int64)
     predictions = {}
     with torch.no_grad():
@@ -119,7 +118,7 @@ def test_query_pixels_are_central_pixels_of_the_largest_classes():
 
 
 def test_explain_writes_every_methods_target_and_affinity_rows(tiny_workspace):
-    train = ["train", "--dataset", "tiny-streets", "--method", "pals", "--fraction", "50", "--seed", "0"]
+    train = ["train", "--dataset", "tiny-streets", "--method", "pals", "--percent", "50", "--seed", "0"]
     assert run_cli(tiny_workspace, *train).returncode == 0
     # the study's ls method with its own eps (not a default of the explanation code), and a third method
     overrides = ["--set", "study.methods=[ce, ls, pals]", "--set", "methods.ls.eps=0.3"]

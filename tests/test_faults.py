@@ -22,7 +22,7 @@ import yaml
 from conftest import ROOT, TINY_PARAMS, run_cli
 
 DATASET = "tiny-streets"
-TRAIN = ("train", "--dataset", DATASET, "--method", "pals", "--fraction", "100", "--seed", "0")
+TRAIN = ("train", "--dataset", DATASET, "--method", "pals", "--percent", "100", "--seed", "0")
 EVALUATE = ("evaluate", *TRAIN[1:])
 
 
@@ -86,7 +86,7 @@ def test_a_crafted_pickle_never_runs(workspace, stage):
     target = folder / ("checkpoint.pt" if stage == "train" else "model.pt")
     backup = target.read_bytes()
     torch.save({"config": WritesAMarker(marker), "model": {}}, target)  # pickled with the payload
-    args = {"train": TRAIN, "evaluate": EVALUATE, "explain": ("explain", "--dataset", DATASET, "--set", "explain.fraction=100")}[stage]
+    args = {"train": TRAIN, "evaluate": EVALUATE, "explain": ("explain", "--dataset", DATASET, "--set", "explain.percent=100")}[stage]
     result = run_cli(workspace, *args)
     assert not marker.exists()
     if stage == "train":  # set aside with a warning, and a fresh start to the same weights
@@ -275,9 +275,9 @@ def test_every_committed_notebook_completed_every_cell():
 
 
 def test_stray_or_partial_files_beside_the_metrics_change_no_table(workspace):
-    study = ("--set", "study.fractions=[100]", "--set", "explain.fraction=100")  # two runs: ce and pals at 100%
+    study = ("--set", "study.percents=[100]", "--set", "explain.percent=100")  # two runs: ce and pals at 100%
     for method in ("ce", "pals"):
-        args = ("--dataset", DATASET, "--method", method, "--fraction", "100", "--seed", "0")
+        args = ("--dataset", DATASET, "--method", method, "--percent", "100", "--seed", "0")
         assert run_cli(workspace, "train", *args).returncode == 0 and run_cli(workspace, "evaluate", *args).returncode == 0
     assert run_cli(workspace, "report", *study).returncode == 0
     tables = {path.name: path.read_bytes() for path in (workspace / "results" / "tables").iterdir()}
@@ -292,7 +292,7 @@ def test_stray_or_partial_files_beside_the_metrics_change_no_table(workspace):
 
 def test_an_interrupted_evaluation_never_leaves_new_predictions_beside_old_metrics(workspace, monkeypatch):
     from paper_repro import evaluate as evaluation
-    from paper_repro.config import load_params
+    from paper_repro.config import load_settings
     from paper_repro.layout import Layout, Run
 
     assert run_cli(workspace, *TRAIN).returncode == 0 and run_cli(workspace, *EVALUATE).returncode == 0
@@ -303,10 +303,9 @@ def test_an_interrupted_evaluation_never_leaves_new_predictions_beside_old_metri
         raise KeyboardInterrupt
 
     monkeypatch.setattr(evaluation, "write_json", interrupted)  # killed between the predictions and the metrics
-    params = load_params(workspace / "params.yaml")
-    params["datasets"][DATASET]["root"] = str(workspace / "data" / DATASET)
+    settings = load_settings(workspace / "params.yaml", [f"datasets.{DATASET}.root={workspace / 'data' / DATASET}"])
     with pytest.raises(KeyboardInterrupt):
-        evaluation.evaluate(params, run, layout)
+        evaluation.evaluate(settings.run(run), layout)
     assert layout.predictions(run).is_dir() and not layout.metrics(run).exists()  # the stage reruns: DVC misses its metrics
 
 

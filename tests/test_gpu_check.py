@@ -10,7 +10,7 @@ import sys
 import torch
 
 from conftest import ROOT
-from paper_repro.config import load_params
+from paper_repro.config import load_settings
 
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 
@@ -31,8 +31,8 @@ def test_without_cuda_it_says_so_and_measures_nothing(tmp_path):
 
 
 def test_smoke_run_times_ce_and_pals_steps_of_the_paper_scale_model():
-    params = load_params(ROOT / "presets" / "cityscapes.yaml")
-    report = load_script().smoke_run(params, "cityscapes", torch.device("cpu"), steps=1, size=[64, 64], batch=2)
+    settings = load_settings(ROOT / "presets" / "cityscapes.yaml")
+    report = load_script().smoke_run(settings, "cityscapes", torch.device("cpu"), steps=1, size=[64, 64], batch=2)
     assert report["model"] == "deeplabv3plus_resnet101" and report["size"] == [64, 64] and report["batch"] == 2
     assert report["precision"] == "float32"  # the CPU runs float32, as training does there
     assert set(report["step_seconds"]) == {"ce", "pals"} and all(seconds > 0 for seconds in report["step_seconds"].values())

@@ -21,17 +21,19 @@ import yaml
 
 from conftest import ROOT, TINY_PARAMS
 from paper_repro.atomic import exclusive_lock
-from paper_repro.launch import Cell, cells_of
+from paper_repro.launch import run_arguments, stages_of
 from paper_repro.layout import Layout, Run
+from paper_repro.settings import resolve
 
 LAUNCH = {"executor": "local", "workers": 2, "gpus_per_job": 0, "attempts": 3, "folder": "launch",
           "slurm": {"partition": None, "time_minutes": 60, "cpus_per_job": 2, "mem_gb": 4, "setup": ["echo job setup"]}}
 PARAMS = TINY_PARAMS | {
     "methods": TINY_PARAMS["methods"] | {"pals_uniform": {"loss": "pals_uniform", "alpha": 0.5, "T": 1.0}},
-    "ablation": {"datasets": ["tiny-streets"], "methods": ["pals_uniform"], "fractions": [50], "seeds": [0]},
+    "ablation": {"datasets": ["tiny-streets"], "methods": ["pals_uniform"], "percents": [50], "seeds": [0]},
     "launch": LAUNCH,
 }
 ENV = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1"}
+STAGES = stages_of(resolve(PARAMS, "launch test parameters"))  # run -> its stage in dvc.yaml
 
 
 def command(workspace: Path, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -61,49 +63,53 @@ def test_parallel_jobs_record_what_a_serial_repro_records(tmp_path):
     serial, parallel = make_study(tmp_path / "serial", PARAMS), make_study(tmp_path / "parallel", PARAMS)
     assert command(serial, "dvc", "repro").returncode == 0
 
-    devices, watching = [], threading.Event()  # CUDA_VISIBLE_DEVICES of the cells running at each moment
+    devices, threads, watching = [], set(), threading.Event()  # CUDA_VISIBLE_DEVICES of the runs at each moment, their threads
 
     def watch():
         while not watching.is_set():
-            seen = (visible_devices(pid) for pid in processes_of(["paper_repro", "run"]))
-            devices.append(sorted(device for device in seen if device is not None))
+            pids = processes_of(["paper_repro", "run"])
+            devices.append(sorted(device for device in (environment_value(pid, "CUDA_VISIBLE_DEVICES") for pid in pids) if device is not None))
+            threads.update(value for value in (environment_value(pid, "OMP_NUM_THREADS") for pid in pids) if value is not None)
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    # one "GPU" per job: on this CPU-only machine the cells still run on the CPU, but each job's
-    # CUDA_VISIBLE_DEVICES shows which slot it holds
-    launched = command(parallel, "paper_repro", "launch", "--set", "launch.gpus_per_job=1")
+    # one "GPU" per job: on this CPU-only machine the runs still run on the CPU, but each job's
+    # CUDA_VISIBLE_DEVICES shows which slot it holds. A budget of 2 threads: 1 for each of the 2 jobs
+    # at once, as the serial repro's one process had
+    launched = command(parallel, "paper_repro", "launch", "--set", "launch.gpus_per_job=1", env_extra={"OMP_NUM_THREADS": "2"})
     watching.set()
     watcher.join()
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert "5 cells done and recorded" in launched.stdout
-    assert ["0", "1"] in devices  # two cells at once, on slots of their own
+    assert "5 runs done and recorded" in launched.stdout
+    assert ["0", "1"] in devices  # two runs at once, on slots of their own
+    assert threads == {"1"}
     assert all(len(moment) == len(set(moment)) and len(moment) <= 2 for moment in devices)
     assert {device for moment in devices for device in moment} == {"0", "1"}
     finished = command(parallel, "dvc", "repro")
     assert finished.returncode == 0, finished.stderr[-3000:]
     ran = {line.split("'")[1] for line in finished.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"report", "explain@tiny-streets"}  # every cell was recorded; nothing upstream reran
+    assert ran == {"report", "explain@tiny-streets"}  # every run was recorded; nothing upstream reran
     assert "Data and pipelines are up to date." in command(parallel, "dvc", "status").stdout
 
-    layout, cells = Layout("."), cells_of(PARAMS)
-    assert len(cells) == 5
-    for cell in cells:
-        assert (parallel / layout.metrics(cell.run)).read_bytes() == (serial / layout.metrics(cell.run)).read_bytes()
+    layout = Layout(".")
+    assert len(STAGES) == 5
+    for run, stage in STAGES.items():
+        assert (parallel / layout.metrics(run)).read_bytes() == (serial / layout.metrics(run)).read_bytes()
         # the recorded weights, predictions and metrics; the CSV log also holds seconds per iteration
-        outputs = [{entry["path"]: entry for entry in lock_entries(study)[cell.name]["outs"]} for study in (parallel, serial)]
-        timed = str(layout.log(cell.run))
+        outputs = [{entry["path"]: entry for entry in lock_entries(study)[stage]["outs"]} for study in (parallel, serial)]
+        timed = str(layout.log(run))
         assert outputs[0].keys() == outputs[1].keys() and timed in outputs[0]
         assert all(outputs[0][path] == outputs[1][path] for path in outputs[0] if path != timed)
-        losses = [pd.read_csv(study / timed)[["iteration", "loss", "lr"]] for study in (parallel, serial)]
-        pd.testing.assert_frame_equal(*losses)
+        logs = [pd.read_csv(study / timed) for study in (parallel, serial)]
+        pd.testing.assert_frame_equal(*(log[["iteration", "loss", "lr", "threads"]] for log in logs))
+        assert set(logs[0]["threads"]) == {1}
     assert (parallel / layout.table("main")).read_bytes() == (serial / layout.table("main")).read_bytes()
 
     status = command(parallel, "paper_repro", "launch", "--status")
     assert status.returncode == 0
     rows = [line.split() for line in status.stdout.splitlines()[1:]]
-    assert sorted(row[0] for row in rows) == sorted(cell.name for cell in cells)
+    assert sorted(row[0] for row in rows) == sorted(STAGES.values())
     assert all(row[1:3] == ["done", "1"] for row in rows)
 
 
@@ -120,16 +126,17 @@ def processes_of(words: list[str]) -> list[int]:
     return pids
 
 
-def visible_devices(pid: int) -> str | None:
+def environment_value(pid: int, name: str) -> str | None:
+    """The value of ``name`` in the environment of process ``pid`` (None if unset or gone)."""
     try:
         environment = (Path("/proc") / str(pid) / "environ").read_bytes().decode().split("\0")
     except (OSError, ValueError):
         return None
-    return next((item.split("=", 1)[1] for item in environment if item.startswith("CUDA_VISIBLE_DEVICES=")), None)
+    return next((item.split("=", 1)[1] for item in environment if item.startswith(f"{name}=")), None)
 
 
 def test_a_killed_job_is_submitted_again_and_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
-    params = PARAMS | {"study": PARAMS["study"] | {"methods": ["ce", "pals"], "fractions": [50]},
+    params = PARAMS | {"study": PARAMS["study"] | {"methods": ["ce", "pals"], "percents": [50]},
                        "train": PARAMS["train"] | {"iterations": 150, "checkpoint_every": 10},
                        "launch": LAUNCH | {"workers": 1}}
     workspace = make_study(tmp_path / "study", params)
@@ -140,7 +147,7 @@ def test_a_killed_job_is_submitted_again_and_resumes_to_the_weights_of_an_uninte
         deadline = time.time() + 300
         while time.time() < deadline and not layout.checkpoint(run).exists():
             time.sleep(0.01)
-        pids = processes_of(["paper_repro", "run", "--dataset", run.dataset, "--method", run.method, "--fraction", str(run.percent)])
+        pids = processes_of(["paper_repro", "run", "--dataset", run.dataset, "--method", run.method, "--percent", str(run.percent)])
         if pids:
             os.kill(pids[0], signal.SIGKILL)
             killed.append(torch.load(layout.checkpoint(run), weights_only=False)["iteration"])
@@ -153,16 +160,17 @@ def test_a_killed_job_is_submitted_again_and_resumes_to_the_weights_of_an_uninte
     assert killed and killed[0] < 150, "the training was not killed mid-run"
 
     state = json.loads((workspace / "launch/state.json").read_text())
-    assert state[Cell("run", run).name]["attempt"] == 2 and state[Cell("run", run).name]["state"] == "done"
-    assert all(entry["attempt"] == 1 for name, entry in state.items() if name != Cell("run", run).name)
-    assert "resuming" in Path(state[Cell("run", run).name]["log"]).read_text()
+    stage = stages_of(resolve(params, "launch test parameters"))[run]
+    assert state[stage]["attempt"] == 2 and state[stage]["state"] == "done"
+    assert all(entry["attempt"] == 1 for name, entry in state.items() if name != stage)
+    assert "resuming" in Path(state[stage]["log"]).read_text()
 
     reference = tmp_path / "reference"
     reference.mkdir()
     for name in ("params.yaml", "data", "subsets"):
         (shutil.copytree if (workspace / name).is_dir() else shutil.copy)(workspace / name, reference / name)
     trained = command(reference, "paper_repro", "train", "--dataset", run.dataset, "--method", run.method,
-                      "--fraction", str(run.percent), "--seed", str(run.seed))
+                      "--percent", str(run.percent), "--seed", str(run.seed))
     assert trained.returncode == 0, trained.stderr[-3000:]
     resumed = torch.load(layout.model(run), weights_only=True)["model"]
     uninterrupted = torch.load(Layout(reference).model(run), weights_only=True)["model"]
@@ -171,13 +179,13 @@ def test_a_killed_job_is_submitted_again_and_resumes_to_the_weights_of_an_uninte
     assert "Data and pipelines are up to date." in command(workspace, "dvc", "status", "run", "run_ablation").stdout
 
 
-def test_a_cell_with_a_parameter_error_fails_once_and_names_its_log(tmp_path):
+def test_a_run_with_a_parameter_error_fails_once_and_names_its_log(tmp_path):
     params = PARAMS | {"train": PARAMS["train"] | {"lr": 1e30}}  # the loss becomes nan: `run` exits with a one-line error
     workspace = make_study(tmp_path / "study", params)
     launched = command(workspace, "paper_repro", "launch")
     assert launched.returncode == 2
     [message] = launched.stderr.strip().splitlines()[-1:]
-    assert message.startswith("error: 5 of 5 cells failed: run@tiny-streets-ce-50-0 (exit status 2, log ")
+    assert message.startswith("error: 5 of 5 runs failed: run@tiny-streets-ce-50-0 (exit status 2, log ")
     state = json.loads((workspace / "launch/state.json").read_text())
     assert all(entry["state"] == "failed" and entry["attempt"] == 1 for entry in state.values())
     for entry in state.values():
@@ -210,19 +218,20 @@ def test_slurm_jobs_carry_the_launch_parameters_and_are_never_submitted_twice(tm
 
     first = command(workspace, *arguments, env_extra=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "5 cells queued or running on SLURM" in first.stdout
+    assert "5 runs queued or running on SLURM" in first.stdout
     assert len(calls.read_text().splitlines()) == 5
     state = json.loads((workspace / "launch/state.json").read_text())
-    cell = Cell("run", Run("tiny-streets", "pals", 100, 0))
+    run = Run("tiny-streets", "pals", 100, 0)
+    stage = STAGES[run]
     folder = workspace / "launch" / "tiny-streets" / "pals-100-0"
-    script = (folder / f"{state[cell.name]['job']}_submission.sh").read_text()
+    script = (folder / f"{state[stage]['job']}_submission.sh").read_text()
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --time=60", "#SBATCH --cpus-per-task=2",
-                 "#SBATCH --mem=4GB", f"#SBATCH --job-name={cell.name}", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --mem=4GB", f"#SBATCH --job-name={stage}", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1",
                  "echo job setup", f"#SBATCH --output={folder}/%j_0_log.out"):
         assert line in script.splitlines(), line
-    submission = pickle.loads((folder / f"{state[cell.name]['job']}_submitted.pkl").read_bytes())
-    assert submission.args == (cell.arguments(), 2, str(workspace))
-    assert cell.arguments() == ["run", "--dataset", "tiny-streets", "--method", "pals", "--fraction", "100", "--seed", "0"]
+    submission = pickle.loads((folder / f"{state[stage]['job']}_submitted.pkl").read_bytes())
+    assert submission.args == (run_arguments(run), 2, str(workspace), 2)  # the job's threads: its CPUs
+    assert run_arguments(run) == ["run", "--dataset", "tiny-streets", "--method", "pals", "--percent", "100", "--seed", "0"]
 
     again = command(workspace, *arguments, env_extra=env)  # every job is still queued or running
     assert again.returncode == 0, again.stderr[-3000:]
@@ -238,7 +247,7 @@ def test_a_second_launcher_fails_at_once_and_only_launch_parameters_may_be_overr
     assert second.returncode == 2
     assert second.stderr.strip().splitlines()[-1].startswith("error: another launch (process ")
     for arguments, expected in ((["--set", "train.lr=0.1"], "only launch.* may be overridden"),
-                                (["--params", "other.yaml"], "launch runs the cells with params.yaml"),
+                                (["--params", "other.yaml"], "launch runs with params.yaml"),
                                 (["--set", "launch.executor=pbs"], "launch.executor must be local or slurm"),
                                 (["--no-wait"], "launch --no-wait needs launch.executor: slurm"),
                                 (["--set", "launch.executor=slurm"], "this machine has no srun")):
@@ -251,7 +260,16 @@ def test_a_second_launcher_fails_at_once_and_only_launch_parameters_may_be_overr
 
 @pytest.mark.parametrize("source", ["params.yaml", "presets/cityscapes.yaml", "presets/voc.yaml"])
 def test_every_shipped_parameter_file_can_launch(source):
-    from paper_repro.config import load_params
+    from paper_repro.config import load_settings
 
-    params = load_params(ROOT / source, ["launch.workers=2"])
-    assert params["launch"]["attempts"] >= 1 and len(cells_of(params)) > 0
+    settings = load_settings(ROOT / source, ["launch.workers=2"])
+    assert settings.launch["attempts"] >= 1 and len(stages_of(settings)) > 0
+
+
+def test_concurrent_jobs_share_the_thread_budget(monkeypatch):
+    from paper_repro.runtime import thread_budget, threads_per_job
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert thread_budget() == 8 and [threads_per_job(jobs) for jobs in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert thread_budget() == len(os.sched_getaffinity(0))

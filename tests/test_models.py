@@ -62,7 +62,7 @@ def test_unavailable_pretrained_weights_are_a_clear_error(monkeypatch, tmp_path)
 
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(RuntimeError, match=r"ImageNet backbone weights are not available .*resnet101-.*\.pth to .*checkpoints"):
+    with pytest.raises(FileNotFoundError, match=r"ImageNet backbone weights are not available .*resnet101-.*\.pth to .*checkpoints"):
         build_model("deeplabv3plus_resnet101", 19, pretrained_backbone=True)
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from paper_repro.data import class_names, open_dataset
+from paper_repro.data.cityscapes import CLASSES, CityscapesSegmentation
 from paper_repro.metrics import confusion_matrix, iou_per_class, mean_iou
 
 from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
@@ -45,12 +45,12 @@ def assert_same_scores(ours_iou: dict, ours_miou: float, theirs: dict) -> None:
 
 
 def test_evaluate_stage_scores_as_the_official_evaluator(tiny_workspace, tmp_path):
-    args = ["--dataset", "tiny-streets", "--method", "ce", "--fraction", "100", "--seed", "0"]
+    args = ["--dataset", "tiny-streets", "--method", "ce", "--percent", "100", "--seed", "0"]
     assert run_cli(tiny_workspace, "train", *args).returncode == 0
     result = run_cli(tiny_workspace, "evaluate", *args, "--set", "evaluate.figure_images=3")  # keep every prediction
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tiny_workspace / "results" / "metrics" / "tiny-streets" / "ce-100-0.json").read_text())
-    data = open_dataset({"kind": "cityscapes", "root": str(tiny_workspace / "data" / "tiny-streets")}, "val")
+    data = CityscapesSegmentation(tiny_workspace / "data" / "tiny-streets", "val")
     folder = tiny_workspace / "results" / "predictions" / "tiny-streets" / "ce-100-0"
     predictions = {image_id: np.asarray(Image.open(folder / f"{image_id}.png")) for image_id in data.ids}
     assert_same_scores(metrics["iou"], metrics["miou"], official_scores(predictions, data, tmp_path))
@@ -59,7 +59,7 @@ def test_evaluate_stage_scores_as_the_official_evaluator(tiny_workspace, tmp_pat
 def test_metrics_score_noisy_predictions_as_the_official_evaluator(tiny_workspace, tmp_path):
     # the ground truth with a third of its pixels replaced by random classes: every class scores,
     # including predicted classes absent from the ground truth (IoU 0, counted in the mean)
-    data = open_dataset({"kind": "cityscapes", "root": str(tiny_workspace / "data" / "tiny-streets")}, "val")
+    data = CityscapesSegmentation(tiny_workspace / "data" / "tiny-streets", "val")
     generator = np.random.default_rng(0)
     predictions, cm = {}, torch.zeros(19, 19, dtype=torch.int64)
     for index, image_id in enumerate(data.ids):
@@ -69,7 +69,7 @@ def test_metrics_score_noisy_predictions_as_the_official_evaluator(tiny_workspac
         noisy[replace] = generator.integers(0, 17, replace.sum())  # train ids 17, 18 never predicted
         predictions[image_id] = noisy.astype(np.uint8)
         cm += confusion_matrix(torch.from_numpy(noisy), torch.from_numpy(truth.astype(np.int64)), 19)
-    ours = dict(zip(class_names({"kind": "cityscapes", "num_classes": 19}), (100 * iou_per_class(cm)).tolist()))
+    ours = dict(zip(CLASSES, (100 * iou_per_class(cm)).tolist()))
     theirs = official_scores(predictions, data, tmp_path)
     assert np.isnan(theirs["classScores"]["motorcycle"]) and np.isnan(ours["motorcycle"])  # absent and never predicted
     assert theirs["classScores"]["train"] == 0 and ours["train"] == 0  # predicted, absent from the ground truth

@@ -15,12 +15,12 @@ from paper_repro.layout import Layout, Run
 
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # A study of two runs, so that report and explain can run too.
-PARAMS = TINY_PARAMS | {"study": TINY_PARAMS["study"] | {"fractions": [50]}, "model": TINY_PARAMS["model"] | {"pretrained_backbone": True}}
+PARAMS = TINY_PARAMS | {"study": TINY_PARAMS["study"] | {"percents": [50]}, "model": TINY_PARAMS["model"] | {"pretrained_backbone": True}}
 STAGES = ["generate", "subsets", "pretrain", "run", "report", "explain"]  # in data-flow order
 DATASET = "tiny-streets"
 RUN = Run(DATASET, "pals", 50, 0)  # the explained run (TINY_PARAMS's explain section)
-ITEM = {"${item.dataset}": RUN.dataset, "${item.method}": RUN.method, "${item.fraction}": str(RUN.percent), "${item.seed}": str(RUN.seed),
-        "${explain.method}": RUN.method, "${explain.fraction}": str(RUN.percent), "${explain.seed}": str(RUN.seed)}
+ITEM = {"${item.dataset}": RUN.dataset, "${item.method}": RUN.method, "${item.percent}": str(RUN.percent), "${item.seed}": str(RUN.seed),
+        "${explain.method}": RUN.method, "${explain.percent}": str(RUN.percent), "${explain.seed}": str(RUN.seed)}
 
 # Writes the source file of every module loaded by a Python process, when it exits, to $LOADED_MODULES_LOG.
 SITECUSTOMIZE = """

@@ -1,7 +1,6 @@
 """The pretrain stage: a source set disjoint from the benchmarks, deterministic weights that the
 segmentation model loads into its backbone alone, and the average precision that scores it."""
 
-import copy
 import json
 import math
 
@@ -16,14 +15,16 @@ from paper_repro.layout import Layout
 from paper_repro.metrics import average_precision
 from paper_repro.models import build_model
 from paper_repro.pretrain import pretrain, source_set
+from paper_repro.settings import resolve
 
-SETTINGS = TINY_PARAMS["pretrain"]
+STUDY = resolve(TINY_PARAMS | {"model": {"name": "deeplabv3plus_small", "pretrained_backbone": True}}, "tiny parameters")
+SETTINGS = STUDY.pretrain
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Layout:
     layout = Layout(tmp_path_factory.mktemp("pretrain"))
-    pretrain(copy.deepcopy(TINY_PARAMS), layout)
+    pretrain(STUDY, layout)
     return layout
 
 
@@ -54,9 +55,9 @@ def test_source_images_are_drawn_from_streams_no_benchmark_image_uses():
 
 def test_source_presence_labels_are_the_classes_drawn():
     images, presence = source_set(SETTINGS, "train")
-    assert images.shape == (SETTINGS["images"], 3, *SETTINGS["size"]) and images.dtype == torch.uint8
-    for index in range(SETTINGS["images"]):
-        _, labels = draw_source_image(SETTINGS["seed"], "train", index, *SETTINGS["size"], SETTINGS["typical_look"])
+    assert images.shape == (SETTINGS.images, 3, *SETTINGS.size) and images.dtype == torch.uint8
+    for index in range(SETTINGS.images):
+        _, labels = draw_source_image(SETTINGS.seed, "train", index, *SETTINGS.size, SETTINGS.typical_look)
         drawn = sorted(set(np.unique(labels).tolist()) - {0, 255})
         assert (torch.nonzero(presence[index]).flatten() + 1).tolist() == drawn
 
@@ -76,7 +77,7 @@ def test_pretrained_weights_load_into_the_backbone_alone(pretrained):
 
 def test_pretraining_is_deterministic(pretrained, tmp_path):
     again = Layout(tmp_path)
-    pretrain(copy.deepcopy(TINY_PARAMS), again)
+    pretrain(STUDY, again)
     first = torch.load(pretrained.pretrained_backbone(), weights_only=True)["backbone"]
     second = torch.load(again.pretrained_backbone(), weights_only=True)["backbone"]
     assert first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
@@ -93,3 +94,20 @@ def test_a_file_that_is_not_the_pretrained_backbone_is_refused(pretrained, tmp_p
     torch.save({"config": {}, "backbone": {"stem.0.weight": torch.zeros(1)}}, wrong)
     with pytest.raises(CheckpointError, match=f"{wrong}: its weights do not fit the deeplabv3plus_small backbone"):
         build_model("deeplabv3plus_small", 19, pretrained_backbone=True, backbone_weights=wrong)
+
+
+@pytest.mark.parametrize("model", [{"name": "deeplabv3plus_resnet101", "pretrained_backbone": True},
+                                   {"name": "deeplabv3plus_small", "pretrained_backbone": False}], ids=["resnet", "from-scratch"])
+def test_a_model_that_does_not_load_the_weights_pretrains_nothing(tmp_path, monkeypatch, model):
+    """The stage writes its outputs at once, without drawing a source image: the runs that depend on the
+    backbone file then depend on nothing of the pretraining."""
+    import paper_repro.pretrain
+
+    monkeypatch.setattr(paper_repro.pretrain, "source_set", lambda *args: pytest.fail("drew the source set"))
+    layout = Layout(tmp_path)
+    metrics = pretrain(resolve(TINY_PARAMS | {"model": model}, "tiny parameters"), layout)
+    start = "torchvision's ImageNet weights" if model["pretrained_backbone"] else "random initialisation"
+    assert metrics == {"pretrained": False, "model": model["name"], "starts_from": start}
+    assert json.loads(layout.pretrain_metrics().read_text()) == metrics
+    assert torch.load(layout.pretrained_backbone(), weights_only=True) == {"config": metrics, "backbone": {}}
+    assert layout.pretrain_log().read_text().splitlines() == ["iteration,loss,lr"]

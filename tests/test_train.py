@@ -35,7 +35,7 @@ def test_seeded_batches_resume_mid_stream_and_split_across_ranks():
 
 
 def train_args(run_seed=0):
-    return ["train", "--dataset", "tiny-streets", "--method", "pals", "--fraction", "100", "--seed", str(run_seed)]
+    return ["train", "--dataset", "tiny-streets", "--method", "pals", "--percent", "100", "--seed", str(run_seed)]
 
 
 def weights(workspace, run):
@@ -78,9 +78,9 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_weights(tiny_workspace)
 
 
 def test_checkpoint_of_other_parameters_is_not_resumed(tiny_workspace):
-    first = run_cli(tiny_workspace, "train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "0")
+    first = run_cli(tiny_workspace, "train", "--dataset", "tiny-streets", "--method", "ce", "--percent", "50", "--seed", "0")
     assert first.returncode == 0, first.stderr
-    changed = run_cli(tiny_workspace, "train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "0",
+    changed = run_cli(tiny_workspace, "train", "--dataset", "tiny-streets", "--method", "ce", "--percent", "50", "--seed", "0",
                       "--set", "train.lr=0.02")
     assert changed.returncode == 0, changed.stderr
     assert "WARNING ignoring runs/tiny-streets/ce-50-0/checkpoint.pt: it was written with other parameters or data (train differ)" in changed.stderr
@@ -88,7 +88,7 @@ def test_checkpoint_of_other_parameters_is_not_resumed(tiny_workspace):
 
 
 def test_resume_recognises_the_training_files_by_content(tiny_workspace):
-    args = ("train", "--dataset", "tiny-streets", "--method", "ls", "--fraction", "100", "--seed", "0")
+    args = ("train", "--dataset", "tiny-streets", "--method", "ls", "--percent", "100", "--seed", "0")
     first = run_cli(tiny_workspace, *args)
     assert first.returncode == 0, first.stderr
     expected = weights(tiny_workspace, "ls-100-0")
@@ -116,7 +116,7 @@ def test_resume_recognises_the_training_files_by_content(tiny_workspace):
 
 
 def test_loading_and_saving_settings_do_not_block_a_resume(tiny_workspace):
-    args = ("train", "--dataset", "tiny-streets", "--method", "ce", "--fraction", "50", "--seed", "0")
+    args = ("train", "--dataset", "tiny-streets", "--method", "ce", "--percent", "50", "--seed", "0")
     first = run_cli(tiny_workspace, *args)
     assert first.returncode == 0, first.stderr
     expected = weights(tiny_workspace, "ce-50-0")
@@ -131,7 +131,7 @@ def test_loading_and_saving_settings_do_not_block_a_resume(tiny_workspace):
 def test_distributed_data_parallel_on_gloo_with_two_processes(tiny_workspace):
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               "-m", "paper_repro", "train", "--dataset", "tiny-streets", "--method", "pals", "--fraction", "50", "--seed", "0"]
+               "-m", "paper_repro", "train", "--dataset", "tiny-streets", "--method", "pals", "--percent", "50", "--seed", "0"]
     result = subprocess.run(command, cwd=tiny_workspace, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 process(es)" in result.stderr

@@ -1,19 +1,18 @@
-"""Datasets in their real on-disk formats, the embedded synthetic benchmark and joint transforms.
+"""Datasets in their real on-disk formats and joint transforms.
 
-:data:`DATASET_KINDS` is the one registry of what a ``datasets.<name>.kind`` may be: the
-loader class, the class names and colours in train-id order, and the generator of the
-embedded benchmark that writes the same format.
+:data:`KINDS` says how each ``datasets.<name>.kind`` (``settings.DATASET_KINDS``) is read: the
+loader class, the class names and colours in train-id order. The embedded benchmark's generators
+(``synthetic.py``) write the same formats; only the ``generate`` stage loads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from ..settings import DatasetSettings
 from . import cityscapes, voc
 from .common import LabelledImages
-from .synthetic import generate_cityscapes_like, generate_voc_like
 
 
 @dataclass(frozen=True)
@@ -21,21 +20,20 @@ class DatasetKind:
     loader: type[LabelledImages]  # called as loader(root, split, ids=None, transforms=None)
     classes: list[str]
     palette: list[tuple[int, int, int]]
-    generator: Callable[..., Path]  # generator(root, **datasets.<name>.generate)
 
 
-DATASET_KINDS = {
-    "cityscapes": DatasetKind(cityscapes.CityscapesSegmentation, cityscapes.CLASSES, cityscapes.PALETTE, generate_cityscapes_like),
-    "voc": DatasetKind(voc.VOCSegmentation, voc.CLASSES, voc.PALETTE, generate_voc_like),
+KINDS = {
+    "cityscapes": DatasetKind(cityscapes.CityscapesSegmentation, cityscapes.CLASSES, cityscapes.PALETTE),
+    "voc": DatasetKind(voc.VOCSegmentation, voc.CLASSES, voc.PALETTE),
 }
 
 
-def open_dataset(spec: dict, split: str, ids: Sequence[str] | None = None, transforms: Callable | None = None) -> LabelledImages:
-    """The dataset described by a ``datasets.<name>`` section of the parameters."""
-    return DATASET_KINDS[spec["kind"]].loader(spec["root"], split, ids=ids, transforms=transforms)
+def open_dataset(spec: DatasetSettings, split: str, ids: Sequence[str] | None = None, transforms: Callable | None = None) -> LabelledImages:
+    """The dataset a ``datasets.<name>`` section describes."""
+    return KINDS[spec.kind].loader(spec.root, split, ids=ids, transforms=transforms)
 
 
-def class_names(spec: dict) -> list[str]:
+def class_names(spec: DatasetSettings) -> list[str]:
     """The dataset's class names in train-id order (numbers if ``num_classes`` differs from the kind's)."""
-    names = DATASET_KINDS[spec["kind"]].classes
-    return names if len(names) == spec["num_classes"] else [str(i) for i in range(spec["num_classes"])]
+    names = KINDS[spec.kind].classes
+    return names if len(names) == spec.num_classes else [str(i) for i in range(spec.num_classes)]

@@ -23,7 +23,6 @@ a pure function of its arguments.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .. import IGNORE_INDEX
 from ..atomic import atomic_folder
+from ..settings import GENERATOR_ARGUMENTS, check_generator_arguments
 from .voc import save_palette_png, voc_root
 
 CITYSCAPES_TRAIN_CITIES = ("synthnorth", "syntheast", "synthwest")
@@ -39,8 +39,8 @@ CITYSCAPES_VAL_CITIES = ("synthsouth",)
 # How often an instance has its class's typical look; otherwise its colour and texture come from
 # distributions shared by all classes. The defaults are the embedded study's (params.yaml), set
 # with the ce baseline alone (README, "The study").
-STREET_TYPICAL_LOOK = 0.9
-OBJECT_TYPICAL_LOOK = 0.9
+STREET_TYPICAL_LOOK = GENERATOR_ARGUMENTS["cityscapes"]["typical_look"]
+OBJECT_TYPICAL_LOOK = GENERATOR_ARGUMENTS["voc"]["typical_look"]
 TEXTURE_KINDS = ("smooth", "stripes", "blocks", "speckle")
 
 # Cityscapes label ids used by the street generator.
@@ -355,7 +355,7 @@ VOC_SILHOUETTES = {  # class index: (aspect w/h, typical colour, parts)
 
 # Eight classes with distinct silhouettes: enough to need shape and context, few enough that a
 # CPU-scale network sees each class often in a few minutes of training.
-DEFAULT_VOC_CLASSES = (1, 3, 4, 5, 7, 8, 15, 20)  # aeroplane bird boat bottle car cat person tvmonitor
+DEFAULT_VOC_CLASSES = GENERATOR_ARGUMENTS["voc"]["classes"]  # aeroplane bird boat bottle car cat person tvmonitor
 OBJECT_TEXTURES = TEXTURE_KINDS  # a class's typical texture kind: TEXTURE_KINDS[index % 4]
 
 
@@ -439,34 +439,6 @@ def draw_source_image(seed: int, split: str, index: int, height: int, width: int
     return draw_object_scene(rng, height, width, SOURCE_CLASSES, typical_look)
 
 
-SIZE_MINIMA = {"n_train": 1, "n_val": 1, "height": 16, "width": 16}  # the smallest tree the generators draw
-
-
-def check_arguments(generator, arguments: dict) -> None:
-    """Raise ``ValueError``, starting with the argument's name, if ``generator(root, **arguments)`` would refuse them."""
-    signature = inspect.signature(generator)
-    accepted = list(signature.parameters)[1:]  # after root
-    unknown = sorted(set(arguments) - set(accepted))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown argument (accepted: {', '.join(accepted)})")
-    values = {name: arguments.get(name, signature.parameters[name].default) for name in accepted}
-    for name, value in values.items():
-        if value is inspect.Parameter.empty:
-            raise ValueError(f"{name}: missing")
-    for name, least in SIZE_MINIMA.items():
-        if isinstance(values[name], bool) or not isinstance(values[name], int) or values[name] < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {values[name]!r}")
-    if isinstance(values["seed"], bool) or not isinstance(values["seed"], int):
-        raise ValueError(f"seed must be an integer, got {values['seed']!r}")
-    look = values["typical_look"]
-    if isinstance(look, bool) or not isinstance(look, (int, float)) or not 0.0 <= look <= 1.0:
-        raise ValueError(f"typical_look must be a number in [0, 1], got {look!r}")
-    if "classes" in values:
-        classes = values["classes"]
-        if not isinstance(classes, (list, tuple)) or not classes or not set(classes) <= set(VOC_SILHOUETTES):
-            raise ValueError(f"classes must be a non-empty list of VOC class indices in 1..20, got {classes!r}")
-
-
 def generate_cityscapes_like(root, n_train: int, n_val: int, height: int, width: int, seed: int,
                              typical_look: float = STREET_TYPICAL_LOOK) -> Path:
     """Write ``n_train`` / ``n_val`` street scenes as a Cityscapes ``gtFine`` tree at ``root``.
@@ -475,8 +447,8 @@ def generate_cityscapes_like(root, n_train: int, n_val: int, height: int, width:
     Files: ``leftImg8bit/{split}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png`` and
     ``gtFine/{split}/{city}/..._gtFine_labelIds.png`` (grey PNG of Cityscapes label ids).
     """
-    check_arguments(generate_cityscapes_like, dict(n_train=n_train, n_val=n_val, height=height, width=width, seed=seed,
-                                                   typical_look=typical_look))
+    check_generator_arguments("cityscapes", dict(n_train=n_train, n_val=n_val, height=height, width=width, seed=seed,
+                                                 typical_look=typical_look))
 
     def write_tree(staging: Path) -> None:
         for split, count, cities in (("train", n_train, CITYSCAPES_TRAIN_CITIES), ("val", n_val, CITYSCAPES_VAL_CITIES)):
@@ -503,8 +475,8 @@ def generate_voc_like(root, n_train: int, n_val: int, height: int, width: int, s
     ``classes`` (VOC class indices in 1..20); labels keep the 21-class VOC indexing. Each object
     has its class's typical look with probability ``typical_look``.
     """
-    check_arguments(generate_voc_like, dict(n_train=n_train, n_val=n_val, height=height, width=width, seed=seed, classes=classes,
-                                            typical_look=typical_look))
+    check_generator_arguments("voc", dict(n_train=n_train, n_val=n_val, height=height, width=width, seed=seed, classes=classes,
+                                          typical_look=typical_look))
     classes = list(classes)
 
     def write_tree(staging: Path) -> None:
@@ -528,3 +500,5 @@ def generate_voc_like(root, n_train: int, n_val: int, height: int, width: int, s
         write_tree(staging)
     return Path(root)
 
+
+GENERATORS = {"cityscapes": generate_cityscapes_like, "voc": generate_voc_like}  # dataset kind -> the generator writing its format
