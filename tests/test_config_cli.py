@@ -247,17 +247,23 @@ def test_bench_writes_its_schema_on_a_tiny_size(tiny_workspace):
     assert {"torch", "device", "threads", "name"} <= set(report["device"])
     assert [(r["variant"], r["n"]) for r in report["aggregation"]] == [
         ("naive", 16), ("fused", 16), ("naive", 64), ("fused", 64), ("fused_pooled", 64)]
-    for row in report["aggregation"] + report["steps"] + report["loader"]:
-        assert row["median_s"] > 0
-    for row in report["aggregation"] + report["steps"]:
-        assert row["peak_mb"] >= 0
-    assert all("memory_ratio_vs_naive" in r for r in report["aggregation"] if r["variant"] == "fused")
-    assert all("memory_ratio_vs_fused" in r and r["token_budget"] == 16 for r in report["aggregation"] if r["variant"] == "fused_pooled")
+    # every ratio is the ratio of the medians (and peaks) the report gives, at the same N and K
+    by_case = {(r["variant"], r["n"]): r for r in report["aggregation"]}
+    for (variant, n), row in by_case.items():
+        if variant != "naive":
+            reference = by_case[({"fused": "naive", "fused_pooled": "fused"}[variant], n)]
+            name = reference["variant"]
+            assert row[f"time_ratio_vs_{name}"] == round(row["median_s"] / reference["median_s"], 3)
+            assert row[f"memory_ratio_vs_{name}"] == round(row["peak_mb"] / max(reference["peak_mb"], 1e-6), 4)
+    assert all(r["token_budget"] == 16 for r in report["aggregation"] if r["variant"] == "fused_pooled")
     assert [(r["method"], r["size"], r["batch"], r["classes"]) for r in report["steps"]] == [
         (m, [32, 32], 2, 5) for m in ("ce", "ls", "pals")] + [(m, [32, 64], 2, 19) for m in ("ce", "ls", "pals")]
     assert [r["time_ratio_vs_ce"] for r in report["steps"] if r["method"] == "ce"] == [1.0, 1.0]
     assert [r["dataset"] for r in report["loader"]] == ["tiny-streets", "tiny-objects"]
-    assert report["loader"][0]["batch"] == 2 and 0 < report["loader"][0]["loader_share_of_iteration"] < 1
+    loader = report["loader"][0]
+    assert loader["batch"] == 2 and loader["pals_step_median_s"] == report["steps"][-1]["median_s"]  # the pals step at its size
+    assert loader["loader_share_of_iteration"] == round(loader["median_s"] / (loader["median_s"] + loader["pals_step_median_s"]), 3)
+    assert [r["time_ratio_vs_ce"] for r in report["steps"][3:]] == [round(r["median_s"] / report["steps"][3]["median_s"], 3) for r in report["steps"][3:]]
     assert "pals_step_median_s" not in report["loader"][1]  # no step case at that dataset's size
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,38 @@ def test_stage_inputs_are_the_layouts():
     assert inputs == {layout.data_summary(DATASET).parent, layout.samples(DATASET).parent, layout.coverage(DATASET).parent,
                       layout.table("main").parent, layout.metrics(RUN).parent.parent, layout.predictions(RUN).parent.parent,
                       layout.explanation(DATASET).parent, layout.pretrain_metrics().parent, layout.bench("cpu").parent}
+
+
+def test_for_a_real_dataset_no_run_depends_on_the_generator_or_the_pretraining(tmp_path):
+    """A preset's setting, at the tiny scale: a dataset in the real Cityscapes layout (no generate:) and a
+    model that does not load the pretrain stage's weights. After `dvc repro`, an edit to the embedded
+    generator or to the pretraining invalidates no run (`dvc status`); an edit to the training loop does."""
+    from paper_repro.data.synthetic import generate_cityscapes_like
+
+    real = generate_cityscapes_like(tmp_path / "real-streets", n_train=8, n_val=3, height=32, width=64, seed=0)
+    spec = {key: value for key, value in TINY_PARAMS["datasets"][DATASET].items() if key != "generate"} | {"root": str(real)}
+    params = TINY_PARAMS | {"datasets": {"real-streets": spec}, "study": TINY_PARAMS["study"] | {"datasets": ["real-streets"], "percents": [50]}}
+    workspace = tmp_path / "study"
+    workspace.mkdir()
+    shutil.copytree(ROOT / "paper_repro", workspace / "paper_repro", ignore=shutil.ignore_patterns("__pycache__"))
+    stages = {name: PIPELINE[name] for name in ("generate", "subsets", "pretrain", "run")}  # the runs and what they read
+    (workspace / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = os.environ | {"PYTHONPATH": str(workspace), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1"}
+
+    def dvc(*arguments: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "dvc", *arguments], cwd=workspace, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    subprocess.run(["git", "init", "-q"], cwd=workspace, check=True)
+    dvc("init", "-q")
+    dvc("repro")
+    assert json.loads(dvc("status", "--json")) == {}
+    for module, expected in (("data/synthetic.py", {"generate@real-streets", "pretrain"}), ("pretrain.py", {"pretrain"}),
+                             ("train.py", {"pretrain", "run@real-streets-ce-50-0", "run@real-streets-pals-50-0"})):
+        source = workspace / "paper_repro" / module
+        original = source.read_text()
+        source.write_text(original + "# an edit\n")
+        assert set(json.loads(dvc("status", "--json"))) == expected, module
+        source.write_text(original)

@@ -115,27 +115,75 @@ def test_resume_recognises_the_training_files_by_content(tiny_workspace):
     shutil.rmtree(copy)
 
 
-def test_loading_and_saving_settings_do_not_block_a_resume(tiny_workspace):
-    args = ("train", "--dataset", "tiny-streets", "--method", "ce", "--percent", "50", "--seed", "0")
-    first = run_cli(tiny_workspace, *args)
-    assert first.returncode == 0, first.stderr
-    expected = weights(tiny_workspace, "ce-50-0")
-    again = run_cli(tiny_workspace, *args, "--set", "train.workers=1", "--set", "train.cache_decoded=false",
-                    "--set", "train.checkpoint_every=2")
-    assert again.returncode == 0, again.stderr
-    assert "resuming runs/tiny-streets/ce-50-0 from iteration" in again.stderr
-    actual = weights(tiny_workspace, "ce-50-0")
-    assert all(torch.equal(actual[name], expected[name]) for name in expected)
+def fresh_copy(tiny_workspace, folder):
+    """The tiny study's parameters, data and subsets, and no run: a workspace of the test's own."""
+    folder.mkdir(exist_ok=True)
+    for name in ("params.yaml", "data", "subsets"):
+        (shutil.copytree if (tiny_workspace / name).is_dir() else shutil.copy)(tiny_workspace / name, folder / name)
+    return folder
 
 
-def test_distributed_data_parallel_on_gloo_with_two_processes(tiny_workspace):
+def kill_after_first_checkpoint(workspace, args):
+    """Start ``python -m paper_repro *args`` and SIGKILL it once its run has written a checkpoint; the checkpoint's iteration."""
+    checkpoint = workspace / "runs" / "tiny-streets" / "ce-50-0" / "checkpoint.pt"
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               "-m", "paper_repro", "train", "--dataset", "tiny-streets", "--method", "pals", "--percent", "50", "--seed", "0"]
-    result = subprocess.run(command, cwd=tiny_workspace, env=env, capture_output=True, text=True, timeout=300)
+    process = subprocess.Popen([sys.executable, "-m", "paper_repro", *args], cwd=workspace, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    return torch.load(checkpoint, weights_only=False)["iteration"]
+
+
+def test_loading_and_saving_settings_do_not_change_the_weights(tiny_workspace, tmp_path):
+    """``train.workers``, ``train.cache_decoded`` and ``train.checkpoint_every`` change no weight: a run
+    trained with other values of them ends as the reference run, and so does a run killed mid-way and
+    resumed with other values of them."""
+    args = ("train", "--dataset", "tiny-streets", "--method", "ce", "--percent", "50", "--seed", "0", "--set", "train.iterations=60")
+    other = ("--set", "train.workers=1", "--set", "train.cache_decoded=false", "--set", "train.checkpoint_every=7")
+    reference = fresh_copy(tiny_workspace, tmp_path / "reference")
+    assert run_cli(reference, *args, "--set", "train.checkpoint_every=5").returncode == 0
+    expected = weights(reference, "ce-50-0")
+
+    fresh = fresh_copy(tiny_workspace, tmp_path / "fresh")
+    trained = run_cli(fresh, *args, *other)
+    assert trained.returncode == 0 and "resuming" not in trained.stderr, trained.stderr
+
+    resumed = fresh_copy(tiny_workspace, tmp_path / "resumed")
+    stopped_at = kill_after_first_checkpoint(resumed, (*args, "--set", "train.checkpoint_every=5"))
+    assert 5 <= stopped_at < 60
+    again = run_cli(resumed, *args, *other)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming runs/tiny-streets/ce-50-0 from iteration {stopped_at}" in again.stderr
+    for workspace in (fresh, resumed):
+        actual = weights(workspace, "ce-50-0")
+        assert all(torch.equal(actual[name], expected[name]) for name in expected), workspace.name
+
+
+def torchrun_train(workspace, args):
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m", "paper_repro", "train", *args]
+    return subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_distributed_data_parallel_on_gloo_with_two_processes(tiny_workspace, tmp_path):
+    """Two processes train from iteration 0 even over a finished one-process run (its checkpoint took other
+    batches), to the weights of a two-process run in a workspace of its own; rank 0 alone writes."""
+    args = ("--dataset", "tiny-streets", "--method", "pals", "--percent", "50", "--seed", "0")
+    workspace, reference = fresh_copy(tiny_workspace, tmp_path / "over-one-process"), fresh_copy(tiny_workspace, tmp_path / "reference")
+    single = run_cli(workspace, "train", *args)
+    assert single.returncode == 0, single.stderr
+    one_process = weights(workspace, "pals-50-0")
+    result = torchrun_train(workspace, args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "x 2 process(es)" in result.stderr
-    state = torch.load(tiny_workspace / "runs" / "tiny-streets" / "pals-50-0" / "model.pt", weights_only=False)
-    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
-    rows = (tiny_workspace / "results" / "logs" / "tiny-streets" / "pals-50-0.csv").read_text().splitlines()
-    assert len(rows) == 1 + 6  # header + one row per iteration, written by rank 0 only
+    assert "x 2 process(es)" in result.stderr and "resuming" not in result.stderr
+    assert "ignoring runs/tiny-streets/pals-50-0/checkpoint.pt: it was written with other parameters or data (processes differ)" in result.stderr
+    assert torchrun_train(reference, args).returncode == 0
+    state, expected = (torch.load(folder / "runs" / "tiny-streets" / "pals-50-0" / "model.pt", weights_only=False) for folder in (workspace, reference))
+    assert state["config"]["processes"] == 2
+    assert all(torch.equal(state["model"][name], expected["model"][name]) for name in expected["model"])
+    assert not all(torch.equal(state["model"][name], one_process[name]) for name in one_process)  # other batches, other weights
+    rows = (workspace / "results" / "logs" / "tiny-streets" / "pals-50-0.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6 and rows[0] == "iteration,loss,lr,threads,data_seconds,step_seconds"  # rank 0 alone writes
