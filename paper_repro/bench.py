@@ -172,7 +172,7 @@ def model_cases(study: Settings) -> list[dict]:
     """``bench.models`` entries resolved to ``{name, size, batch, classes, train}``; an entry naming a
     ``dataset`` takes the crop, class count and train settings that the study trains it with."""
     cases = []
-    for entry in study.bench["models"]:
+    for entry in study.bench.models:
         train = study.train
         if "dataset" in entry:
             spec, train = study.dataset(entry["dataset"]), study.train_of(entry["dataset"])
@@ -187,21 +187,21 @@ def run_bench(study: Settings, layout: Layout = Layout()) -> dict:
     settings = study.bench
     device = compute_device()
     aggregation = []
-    for classes in settings["classes"]:
-        for n in settings["tokens"]:
+    for classes in settings.classes:
+        for n in settings.tokens:
             for variant in ("naive", "fused", "fused_pooled"):
-                if (variant == "naive" and n > settings["naive_max_tokens"]) or (variant == "fused_pooled" and n <= settings["token_budget"]):
+                if (variant == "naive" and n > settings.naive_max_tokens) or (variant == "fused_pooled" and n <= settings.token_budget):
                     continue
-                case = {"variant": variant, "n": n, "dim": settings["dim"], "classes": classes, "batch": settings["batch"],
-                        "repeats": settings["repeats"], "device": str(device)}
+                case = {"variant": variant, "n": n, "dim": settings.dim, "classes": classes, "batch": settings.batch,
+                        "repeats": settings.repeats, "device": str(device)}
                 if variant == "fused_pooled":
-                    case["token_budget"] = settings["token_budget"]
+                    case["token_budget"] = settings.token_budget
                 aggregation.append(_in_child(_aggregation_case, case))
     steps = []
     losses = {method: study.loss(method) for method in STEP_METHODS}
     for model_case in model_cases(study):
         case = {key: model_case[key] for key in ("size", "batch", "classes")} | {
-            "model": model_case["name"], "dataset": model_case.get("dataset"), "repeats": settings["step_repeats"],
+            "model": model_case["name"], "dataset": model_case.get("dataset"), "repeats": settings.step_repeats,
             "precision": str(autocast_dtype(model_case["train"].amp, device) or torch.float32).removeprefix("torch."),
             "device": str(device)}
         inputs = {"losses": losses, "train": model_case["train"]}
@@ -209,9 +209,9 @@ def run_bench(study: Settings, layout: Layout = Layout()) -> dict:
         for method in STEP_METHODS:
             peak = _in_child(step_memory, case | inputs | {"method": method})
             steps.append(case | {"method": method, "median_s": medians[method], "peak_mb": peak})
-    loader = [_in_child(_loader_case, {"spec": study.dataset(dataset), "train": study.train_of(dataset), "batches": settings["loader_batches"],
+    loader = [_in_child(_loader_case, {"spec": study.dataset(dataset), "train": study.train_of(dataset), "batches": settings.loader_batches,
                                        "device": str(device)})
-              for dataset in settings["loader_datasets"]]
+              for dataset in settings.loader_datasets]
     by_case = {(r["variant"], r["n"], r["classes"]): r for r in aggregation}
     for row in aggregation:
         reference = by_case.get(({"fused": "naive", "fused_pooled": "fused"}.get(row["variant"]), row["n"], row["classes"]))

@@ -5,8 +5,9 @@ Stages, in data-flow order: ``generate`` (write the synthetic tree, or check a r
 small backbone's weights), ``run`` (one run of the study: ``train``, then ``evaluate``, which
 also exist on their own), ``report`` (tables over all runs) and ``explain`` (PALS at a few
 pixels, for the explanation figure); ``bench`` measures speed and memory, ``launch`` runs the
-study's runs as parallel jobs and ``preset`` writes a preset's effective parameters into
-``params.yaml``. Each reads ``--params`` (default ``params.yaml``) with ``--set dotted.key=value``
+study's runs as parallel jobs, ``preset`` writes a preset's effective parameters into
+``params.yaml`` and ``predict`` runs a trained model on any images or writes a test-server
+submission. Each reads ``--params`` (default ``params.yaml``) with ``--set dotted.key=value``
 overrides, spelled as ``dvc exp run -S``. A user mistake ends with a one-line error and exit
 status 2.
 
@@ -55,6 +56,7 @@ STAGES = {
     "bench": Stage("bench", "bench", None, "time and measure the memory of PALS aggregation (naive vs fused) and ce/ls/pals training steps", False),
     "launch": Stage("launch", "launch", "launch", "run the study's runs that are missing or stale as parallel jobs (local or SLURM) and record them in DVC", False),
     "preset": Stage("config", "write_preset", "preset", "write a preset's effective parameters (merged over its base) into params.yaml, which DVC reads", False),
+    "predict": Stage("predict", "predict", "predict", "predict with a trained run on any images, or write a split's test-server submission", False),
 }
 OUTPUT_NEUTRAL = tuple(f"train.{key}" for key in TrainSettings.RESUMABLE_ACROSS)  # overrides that change no output
 
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a parameter, e.g. --set train.iterations=50 (repeatable)")
-        if stage.target in ("dataset", "run"):
+        if stage.target == "dataset":
             sub.add_argument("--dataset", required=True, help="a dataset name under `datasets:` in the parameters")
         if stage.target == "notebook":
             sub.add_argument("--name", required=True, help="a notebook of notebooks_src/, without .ipynb")
@@ -88,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--method", required=True, help="a method name under `methods:` (ce, ls, pals, ...)")
             sub.add_argument("--percent", required=True, type=percent, help="labelled share of the training images, an integer percent: 10, 30, 50, 100")
             sub.add_argument("--seed", required=True, type=int, help="seed of the subset draw, initialisation and data order")
+        if stage.target in ("run", "predict"):
+            sub.add_argument("--dataset", required=True, help="a dataset name under `datasets:` in the parameters")
+        if stage.target == "predict":
+            sub.add_argument("inputs", nargs="*", help="image files, folders of images or glob patterns (or --split)")
+            sub.add_argument("--split", help="every image of this split of the dataset (e.g. test), instead of inputs")
+            sub.add_argument("--model", help="a model.pt file, instead of --method, --percent and --seed")
+            sub.add_argument("--method", help="the run's method")
+            sub.add_argument("--percent", type=percent, help="the run's labelled percent")
+            sub.add_argument("--seed", type=int, help="the run's seed")
+            sub.add_argument("--out", required=True, help="the folder to write (written whole once every image is done)")
+            sub.add_argument("--format", choices=("maps", "cityscapes", "voc"), default="maps",
+                             help="maps: label PNG and colour overlay per image; cityscapes / voc: the test servers' submission layout")
+            sub.add_argument("--confidence", action="store_true", help="also write the top class's probability per pixel (maps)")
+            sub.add_argument("--archive", action="store_true", help="also pack the submission: <out>.zip (cityscapes), <out>.tar.gz (voc)")
         if stage.target == "launch":
             sub.add_argument("--status", action="store_true", help="print the table of runs (pending, running, done, failed) and exit")
             sub.add_argument("--no-wait", action="store_true", help="submit and return (slurm); a later launch picks the jobs up again")
@@ -127,9 +143,27 @@ def call_stage(args: argparse.Namespace) -> None:
         entry(settings, params_path=args.params, overrides=args.overrides, show=args.status, wait=not args.no_wait)
     elif stage.target == "dataset":
         entry(settings, settings.dataset(args.dataset))
+    elif stage.target == "predict":
+        entry(settings, settings.dataset(args.dataset), predicted_model(args), args.inputs, args.split, Path(args.out),
+              args.format, args.confidence, args.archive)
     else:
-        settings.dataset(args.dataset), settings.loss(args.method)  # a one-line error for an unknown name
-        entry(settings.run(Run(args.dataset, args.method, args.percent, args.seed)))
+        entry(settings.run(Run(args.dataset, args.method, args.percent, args.seed)))  # an unknown name: a one-line error
+
+
+def predicted_model(args: argparse.Namespace) -> Path:
+    """The model file ``predict`` uses: ``--model``, or the trained run that ``--method``, ``--percent`` and ``--seed`` name."""
+    from .layout import Layout, Run
+
+    named = [args.method, args.percent, args.seed]
+    if bool(args.inputs) == bool(args.split):
+        raise ParamsError("predict: give image files, folders or patterns, or --split, not both")
+    if args.model and any(value is not None for value in named):
+        raise ParamsError("predict: give --model or --method, --percent and --seed, not both")
+    if args.model:
+        return Path(args.model)
+    if any(value is None for value in named):
+        raise ParamsError("predict: name the run (--method, --percent and --seed) or give --model")
+    return Layout().model(Run(args.dataset, args.method, args.percent, args.seed))
 
 
 # What a user or the machine can cause: a one-line error and exit status 2, never a traceback. The

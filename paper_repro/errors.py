@@ -38,4 +38,4 @@ class NotebookError(UserError, ValueError):
 
 
 class LaunchError(UserError, ValueError):
-    """The launch cannot go on, or some cells failed; the message says which and where their logs are."""
+    """The launch cannot go on, or some runs failed; the message says which and where their logs are."""

@@ -12,6 +12,7 @@ the predicted labels of a fixed list of evaluation images (the first
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,24 +27,30 @@ from .errors import CheckpointError
 from .layout import Layout
 from .metrics import calibration_bins, confusion_matrix, ece_from_bins, iou_per_class, mean_iou, pixel_accuracy
 from .models import build_model
+from .inference import class_probabilities
+from .runtime import autocast_dtype
 from .runtime import device as compute_device
-from .settings import RunSettings
+from .settings import ModelSettings, RunSettings
 
 log = logging.getLogger(__name__)
 
 
-def load_trained_model(settings: RunSettings, layout: Layout, device: torch.device) -> torch.nn.Module:
-    """The final weights of the run in evaluation mode."""
-    path = layout.model(settings.run)
+def load_model(path: Path, model_settings: ModelSettings, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """The trained weights in ``path`` (a run's ``model.pt``) in evaluation mode."""
     if not path.is_file():
         raise FileNotFoundError(f"missing trained model {path}; run the train stage first")
-    model = build_model(settings.model.name, settings.dataset.num_classes)
+    model = build_model(model_settings.name, num_classes)
     weights = load_checkpoint(path, MODEL_KEYS, device)["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:  # other shapes or names: another model or class count
-        raise CheckpointError(f"{path}: its weights do not fit model.name {settings.model.name} with {model.classifier.out_channels} classes") from error
+        raise CheckpointError(f"{path}: its weights do not fit model.name {model_settings.name} with {num_classes} classes") from error
     return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def load_trained_model(settings: RunSettings, layout: Layout, device: torch.device) -> torch.nn.Module:
+    """The final weights of the run in evaluation mode."""
+    return load_model(layout.model(settings.run), settings.model, settings.dataset.num_classes, device)
 
 
 @torch.no_grad()
@@ -52,6 +59,7 @@ def evaluate(settings: RunSettings, layout: Layout = Layout()) -> dict:
     run, spec = settings.run, settings.dataset
     device = compute_device()
     model = load_trained_model(settings, layout, device)
+    dtype = autocast_dtype(settings.train.amp, device)
     metrics_path, predictions_dir = layout.metrics(run), layout.predictions(run)
 
     split = spec.eval_split
@@ -69,7 +77,7 @@ def evaluate(settings: RunSettings, layout: Layout = Layout()) -> dict:
             image, mask = data[index]
             image = image.to(device).unsqueeze(0).contiguous(memory_format=torch.channels_last)
             mask = mask.to(device).unsqueeze(0)
-            probs = torch.softmax(model(image)["out"].float(), dim=1)
+            probs = class_probabilities(model, image, settings.evaluate.scales, settings.evaluate.flip, dtype)
             prediction = probs.argmax(1)
             cm += confusion_matrix(prediction, mask, num_classes)
             bins += calibration_bins(probs, mask, n_bins)

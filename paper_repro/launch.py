@@ -108,37 +108,37 @@ class Launcher:
             raise ParamsError("params.yaml: no launch: section (see the one in the repository's params.yaml)")
         self.settings = study.launch
         self.stages = stages_of(study)  # run -> its stage in dvc.yaml, the key of its state
-        self.folder = Path(self.settings["folder"])
+        self.folder = Path(self.settings.folder)
         self.state_path = self.folder / "state.json"
         self.state: dict[str, dict] = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
-        gpus = self.settings["gpus_per_job"]
-        workers = self.settings["workers"]
+        gpus = self.settings.gpus_per_job
+        workers = self.settings.workers
         if workers == "auto":
             import torch
 
             workers = max(1, torch.cuda.device_count() // max(gpus, 1))
         # local GPUs per slot: the first `workers` groups of `gpus` devices (CUDA_VISIBLE_DEVICES of each job)
         self.slots = [tuple(range(slot * gpus, (slot + 1) * gpus)) for slot in range(workers)]
-        local = self.settings["executor"] == "local"
-        self.threads = threads_per_job(workers) if local else self.settings["slurm"]["cpus_per_job"]
+        local = self.settings.executor == "local"
+        self.threads = threads_per_job(workers) if local else self.settings.slurm.cpus_per_job
 
     def run_folder(self, run: Run) -> Path:
         return self.folder / run.dataset / run.name
 
     def executor(self, run: Run, gpus: tuple[int, ...]) -> submitit.Executor:
         settings = self.settings
-        if settings["executor"] == "local":
+        if settings.executor == "local":
             executor = submitit.LocalExecutor(self.run_folder(run))
             executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MINUTES, gpus_per_node=len(gpus), visible_gpus=gpus)
             return executor
-        slurm = settings["slurm"]
-        executor = submitit.SlurmExecutor(self.run_folder(run), max_num_timeout=settings["attempts"])
-        options = {"job_name": self.stages[run], "time": slurm["time_minutes"], "nodes": 1, "ntasks_per_node": 1,
-                   "cpus_per_task": slurm["cpus_per_job"], "mem": f"{slurm['mem_gb']}GB", "setup": list(slurm["setup"])}
-        if settings["gpus_per_job"]:
-            options["gpus_per_node"] = settings["gpus_per_job"]
-        if slurm["partition"]:
-            options["partition"] = slurm["partition"]
+        slurm = settings.slurm
+        executor = submitit.SlurmExecutor(self.run_folder(run), max_num_timeout=settings.attempts)
+        options = {"job_name": self.stages[run], "time": slurm.time_minutes, "nodes": 1, "ntasks_per_node": 1,
+                   "cpus_per_task": slurm.cpus_per_job, "mem": f"{slurm.mem_gb}GB", "setup": list(slurm.setup)}
+        if settings.gpus_per_job:
+            options["gpus_per_node"] = settings.gpus_per_job
+        if slurm.partition:
+            options["partition"] = slurm.partition
         executor.update_parameters(**options)
         return executor
 
@@ -154,9 +154,9 @@ class Launcher:
     def submit(self, run: Run, gpus: tuple[int, ...]) -> submitit.Job:
         stage = self.stages[run]
         attempt = self.state[stage]["attempt"] + 1
-        job = self.executor(run, gpus).submit(RunJob(), run_arguments(run), self.settings["gpus_per_job"], str(Path.cwd()), self.threads)
+        job = self.executor(run, gpus).submit(RunJob(), run_arguments(run), self.settings.gpus_per_job, str(Path.cwd()), self.threads)
         self.record(run, state="running", job=job.job_id, attempt=attempt, log=str(job.paths.stderr))
-        log.info("%s: job %s (attempt %d of %d, %d thread(s)); log %s", stage, job.job_id, attempt, self.settings["attempts"],
+        log.info("%s: job %s (attempt %d of %d, %d thread(s)); log %s", stage, job.job_id, attempt, self.settings.attempts,
                  self.threads, job.paths.stderr)
         return job
 
@@ -167,7 +167,7 @@ class Launcher:
         entry = self.state[self.stages[run]]
         if status == 0:
             verdict = "done"
-        elif status == USER_ERROR or entry["attempt"] >= self.settings["attempts"]:
+        elif status == USER_ERROR or entry["attempt"] >= self.settings.attempts:
             verdict = "failed"
         else:
             verdict = "retry"
@@ -178,7 +178,7 @@ class Launcher:
         return verdict
 
     def launch(self, wait: bool) -> None:
-        local = self.settings["executor"] == "local"
+        local = self.settings.executor == "local"
         if not wait and local:
             raise ParamsError("launch --no-wait needs launch.executor: slurm (local jobs end with the launcher)")
         if not local and shutil.which("srun") is None:
@@ -186,7 +186,7 @@ class Launcher:
         log.info("bringing the runs' inputs up to date: dvc repro %s", " ".join(UPSTREAM))
         dvc("repro", *UPSTREAM)
         runs = stale_runs(self.stages)
-        log.info("%d runs to run, %s executor", len(runs), self.settings["executor"])
+        log.info("%d runs to run, %s executor", len(runs), self.settings.executor)
         running: dict[Run, tuple[submitit.Job, int | None]] = {}  # run -> (job, its local slot)
         queue = []
         for run in runs:  # a SLURM job recorded as running is watched (or its end taken), never submitted twice

@@ -235,6 +235,8 @@ class TrainSettings(Optimisation):
 class EvaluateSettings:
     figure_images: int  # predictions saved for the first N evaluation ids (sorted)
     calibration_bins: int
+    scales: tuple[float, ...] = (1.0,)  # the softmax is averaged over the image resized by each (docs/method.md, section 6)
+    flip: bool = False  # and over each scale's horizontal mirror
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,44 @@ class ExplainSettings:
 
     def run(self, dataset: str) -> Run:
         return Run(dataset, self.method, self.percent, self.seed)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """``python -m paper_repro bench`` (``paper_repro/bench.py``)."""
+
+    tokens: tuple[int, ...]  # N = h*w feature pixels per image of the aggregation cases
+    naive_max_tokens: int
+    token_budget: int
+    dim: int
+    classes: tuple[int, ...]
+    batch: int
+    repeats: int
+    step_repeats: int
+    models: tuple[dict, ...]  # {name, dataset} or {name, size, batch, classes}
+    loader_datasets: tuple[str, ...]
+    loader_batches: int
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    partition: str | None
+    time_minutes: int
+    cpus_per_job: int
+    mem_gb: int
+    setup: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """``python -m paper_repro launch`` (``paper_repro/launch.py``)."""
+
+    executor: str  # one of EXECUTORS
+    workers: int | str  # local jobs at once, or "auto"
+    gpus_per_job: int
+    attempts: int
+    folder: str
+    slurm: SlurmSettings
 
 
 @dataclass(frozen=True)
@@ -280,8 +320,8 @@ class Settings:
     pretrain: PretrainSettings
     explain: ExplainSettings
     ablation: Study | None = None  # extra runs compared with the study's ce and pals runs
-    bench: dict | None = None  # python -m paper_repro bench (paper_repro/bench.py)
-    launch: dict | None = None  # python -m paper_repro launch (paper_repro/launch.py)
+    bench: BenchSettings | None = None
+    launch: LaunchSettings | None = None
 
     def dataset(self, name: str) -> DatasetSettings:
         if name not in self.datasets:
@@ -323,8 +363,11 @@ def resolve(params: dict, source: str) -> Settings:
             own = top.get(f"datasets.{name}.train", lambda v: isinstance(v, dict) and set(v) <= set(train_tree),
                           f"a mapping of train settings ({', '.join(train_tree)})")
             read_train(Section(train_tree | own, f"datasets.{name}.train", source))
+    scales = top.get("evaluate.scales", lambda v: isinstance(v, list) and len(v) > 0 and len(set(v)) == len(v)
+                     and all(is_number(s) and 0 < s <= 4 for s in v), "a non-empty list of distinct scales in (0, 4]")
     evaluate = EvaluateSettings(top.get("evaluate.figure_images", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
-                                top.get("evaluate.calibration_bins", positive_int, "a positive integer"))
+                                top.get("evaluate.calibration_bins", positive_int, "a positive integer"),
+                                tuple(float(s) for s in scales), top.get("evaluate.flip", lambda v: isinstance(v, bool), "true or false"))
     settings = Settings(study, datasets, methods, model, train, evaluate, read_pretrain(top.section("pretrain")),
                         read_explain(top, study, methods), read_ablation(top, study, methods_tree) if "ablation" in params else None)
     if "bench" in params:
@@ -437,14 +480,11 @@ def read_ablation(top: Section, study: Study, methods: dict) -> Study:
     return Study(grid["datasets"], variants, grid["percents"], grid["seeds"])
 
 
-def read_bench(bench: Section, datasets: dict) -> dict:
-    for key in ("naive_max_tokens", "dim", "batch", "repeats", "step_repeats", "loader_batches"):
-        bench.get(key, positive_int, "a positive integer")
-    bench.get("token_budget", lambda v: is_int(v) and v >= 0, "a non-negative integer")
-    for key in ("tokens", "classes", "models"):
-        bench.get(key, lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list")
-    bench.names("loader_datasets", datasets, "datasets")
-    for index, entry in enumerate(bench.tree["models"]):
+def read_bench(bench: Section, datasets: dict) -> BenchSettings:
+    positive = {key: bench.get(key, positive_int, "a positive integer")
+                for key in ("naive_max_tokens", "dim", "batch", "repeats", "step_repeats", "loader_batches")}
+    lists = {key: tuple(bench.get(key, lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list")) for key in ("tokens", "classes", "models")}
+    for index, entry in enumerate(lists["models"]):
         prefix = f"bench.models[{index}]"
         if not isinstance(entry, dict) or entry.get("name") not in MODELS:
             bench.fail(f"{prefix} must name a model ({', '.join(MODELS)}), got {entry!r}")
@@ -453,21 +493,24 @@ def read_bench(bench: Section, datasets: dict) -> dict:
                 bench.fail(f"{prefix}.dataset names {entry['dataset']!r}, which is not under datasets")
         elif not all(key in entry for key in ("size", "batch", "classes")):
             bench.fail(f"{prefix} must give a dataset, or size, batch and classes, got {entry!r}")
-    return dict(bench.tree)
+    return BenchSettings(**positive, **lists, token_budget=bench.get("token_budget", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
+                         loader_datasets=bench.names("loader_datasets", datasets, "datasets"))
 
 
-def read_launch(launch: Section) -> dict:
+def read_launch(launch: Section) -> LaunchSettings:
     """How ``python -m paper_repro launch`` runs the runs' stages (``paper_repro/launch.py``)."""
-    launch.get("executor", lambda v: v in EXECUTORS, " or ".join(EXECUTORS))
-    launch.get("workers", lambda v: v == "auto" or positive_int(v), "auto (one per visible GPU, else 1) or a positive integer")
-    launch.get("gpus_per_job", lambda v: is_int(v) and v >= 0, "a non-negative integer")
-    launch.get("attempts", positive_int, "a positive integer")
-    launch.get("folder", lambda v: isinstance(v, str) and v != "", "a non-empty string")
-    launch.get("slurm.partition", lambda v: v is None or (isinstance(v, str) and v != ""), "a partition name or null")
-    for key in ("time_minutes", "cpus_per_job", "mem_gb"):
-        launch.get(f"slurm.{key}", positive_int, "a positive integer")
-    launch.get("slurm.setup", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of shell lines run before each job")
-    return dict(launch.tree)
+    slurm = launch.section("slurm")
+    return LaunchSettings(
+        executor=launch.get("executor", lambda v: v in EXECUTORS, " or ".join(EXECUTORS)),
+        workers=launch.get("workers", lambda v: v == "auto" or positive_int(v), "auto (one per visible GPU, else 1) or a positive integer"),
+        gpus_per_job=launch.get("gpus_per_job", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
+        attempts=launch.get("attempts", positive_int, "a positive integer"),
+        folder=launch.get("folder", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+        slurm=SlurmSettings(
+            partition=slurm.get("partition", lambda v: v is None or (isinstance(v, str) and v != ""), "a partition name or null"),
+            **{key: slurm.get(key, positive_int, "a positive integer") for key in ("time_minutes", "cpus_per_job", "mem_gb")},
+            setup=tuple(slurm.get("setup", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                                  "a list of shell lines run before each job"))))
 
 
 def as_record(settings) -> dict:

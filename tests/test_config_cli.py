@@ -153,7 +153,7 @@ def test_every_stage_explains_itself(stage, capsys):
                            f"usage: python -m paper_repro {stage} [-h] [--params PARAMS] [--set KEY=VALUE]")
     assert STAGES[stage].help in text  # the stage's own description, whole
     expected = {"dataset": ["--dataset"], "run": ["--dataset", "--method", "--percent", "--seed"], "notebook": ["--name"],
-                "launch": ["--status", "--no-wait"], None: [], "preset": []}[STAGES[stage].target]
+                "launch": ["--status", "--no-wait"], None: [], "preset": [], "predict": ["--dataset", "--method", "--percent", "--seed"]}[STAGES[stage].target]
     offered = [option for option in ("--dataset", "--method", "--percent", "--seed", "--name", "--status", "--no-wait") if f"{option} " in text]
     assert offered == expected
 

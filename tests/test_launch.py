@@ -263,7 +263,7 @@ def test_every_shipped_parameter_file_can_launch(source):
     from paper_repro.config import load_settings
 
     settings = load_settings(ROOT / source, ["launch.workers=2"])
-    assert settings.launch["attempts"] >= 1 and len(stages_of(settings)) > 0
+    assert settings.launch.attempts >= 1 and len(stages_of(settings)) > 0
 
 
 def test_concurrent_jobs_share_the_thread_budget(monkeypatch):

@@ -1,4 +1,4 @@
-"""Nested label-fraction subsets and their manifests."""
+"""Nested label-percent subsets and their manifests."""
 
 from fractions import Fraction
 
@@ -11,7 +11,7 @@ IDS = [f"img_{i:04d}" for i in range(97)]
 
 
 @pytest.mark.parametrize("total", [1, 2, 7, 97, 2975])
-def test_sizes_are_within_one_of_the_fraction_and_at_least_one(total):
+def test_sizes_are_within_one_of_the_percent_and_at_least_one(total):
     ids = [f"x{i}" for i in range(total)]
     for percent, subset in nested_subsets(ids, PERCENTS, seed=0).items():
         assert abs(len(subset) - percent * total / 100) <= 1
@@ -28,7 +28,7 @@ def test_sizes_round_half_up_exactly():
             assert subset_size(percent, total) == max(1, exact.numerator // exact.denominator), (percent, total)
 
 
-def test_smaller_fractions_lie_inside_larger_ones():
+def test_smaller_percents_lie_inside_larger_ones():
     for seed in range(5):
         subsets = nested_subsets(IDS, PERCENTS, seed)
         for small, large in zip(PERCENTS, PERCENTS[1:]):
@@ -46,7 +46,7 @@ def test_different_seeds_draw_different_subsets():
 
 
 @pytest.mark.parametrize("percent", [0, -10, 150, 0.5, "50", True])
-def test_fraction_outside_integer_percents_is_rejected(percent):
+def test_percent_outside_integer_percents_is_rejected(percent):
     with pytest.raises(ValueError, match=r"integer percents in \(0, 100\]"):
         nested_subsets(IDS, [50, percent], 0)
 

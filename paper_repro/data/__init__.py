@@ -20,11 +20,12 @@ class DatasetKind:
     loader: type[LabelledImages]  # called as loader(root, split, ids=None, transforms=None)
     classes: list[str]
     palette: list[tuple[int, int, int]]
+    images: Callable[[str, str], list]  # images(root, split): (image id, file) of a split, labelled or not
 
 
 KINDS = {
-    "cityscapes": DatasetKind(cityscapes.CityscapesSegmentation, cityscapes.CLASSES, cityscapes.PALETTE),
-    "voc": DatasetKind(voc.VOCSegmentation, voc.CLASSES, voc.PALETTE),
+    "cityscapes": DatasetKind(cityscapes.CityscapesSegmentation, cityscapes.CLASSES, cityscapes.PALETTE, cityscapes.split_images),
+    "voc": DatasetKind(voc.VOCSegmentation, voc.CLASSES, voc.PALETTE, voc.split_images),
 }
 
 

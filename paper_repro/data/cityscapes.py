@@ -28,6 +28,11 @@ LABEL_ID_TO_TRAIN_ID = {
     c.id: (c.train_id if 0 <= c.train_id < IGNORE_INDEX else IGNORE_INDEX) for c in Cityscapes.classes if c.id >= 0
 } | {255: IGNORE_INDEX}  # the license plate's stored id
 _LOOKUP = label_lookup_table(LABEL_ID_TO_TRAIN_ID)
+# Train id -> official label id, as the evaluation server reads predictions (0..18; nothing else is predicted).
+TRAIN_ID_TO_LABEL_ID = np.zeros(256, dtype=np.uint8)
+for _class in Cityscapes.classes:
+    if 0 <= _class.train_id < IGNORE_INDEX:
+        TRAIN_ID_TO_LABEL_ID[_class.train_id] = _class.id
 
 
 def label_ids_to_train_ids(labels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -45,6 +50,14 @@ def label_ids_to_train_ids(labels: np.ndarray | torch.Tensor) -> np.ndarray | to
 def image_id(image_path: str | Path) -> str:
     """``aachen_000000_000019`` from ``.../aachen_000000_000019_leftImg8bit.png``."""
     return Path(image_path).name.removesuffix("_leftImg8bit.png")
+
+
+def split_images(root: str | Path, split: str) -> list[tuple[str, Path]]:
+    """``(image id, image file)`` of every image of ``split`` (``test`` included, which has no usable labels), sorted."""
+    folder = Path(root) / "leftImg8bit" / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Cityscapes: missing folder {folder}")
+    return [(image_id(path), path) for path in sorted(folder.glob("*/*_leftImg8bit.png"))]
 
 
 class CityscapesSegmentation(LabelledImages):

@@ -55,6 +55,15 @@ def voc_root(root: str | Path) -> Path:
     return Path(root) / "VOCdevkit" / "VOC2012"
 
 
+def split_images(root: str | Path, split: str) -> list[tuple[str, Path]]:
+    """``(image id, image file)`` of every image listed for ``split`` (``test`` included, which has no labels)."""
+    split_file = voc_root(root) / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not split_file.is_file():
+        raise FileNotFoundError(f"Pascal VOC: missing split list {split_file}")
+    ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    return [(image_id, voc_root(root) / "JPEGImages" / f"{image_id}.jpg") for image_id in ids]
+
+
 class VOCSegmentation(LabelledImages):
     """Pascal VOC 2012 segmentation ``split`` (``train``, ``val`` or ``trainval``), optionally only ``ids``."""
 
