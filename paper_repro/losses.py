@@ -118,8 +118,11 @@ class SmoothedTargetLoss(nn.Module):
 
     ``smoothing`` is ``None`` for plain cross-entropy, ``"uniform"`` for ``q = 1/K``,
     ``"aggregated"`` for the PALS distribution and ``"image_mean"`` for the image-adaptive
-    variant with a uniform affinity (``settings.LossSettings`` checks the values). Calling the
-    module returns the mean over valid pixels.
+    variant with a uniform affinity (``settings.LossSettings`` checks the values). With ``ramp``
+    > 0 the weight ``1 - alpha`` of ``q`` grows linearly from 0, at the start of training, to its
+    value once the share ``ramp`` of training has passed (docs/method.md, section 3); ``progress``
+    says how far training is (iteration / iterations; 1 outside training). Calling the module
+    returns the mean over valid pixels.
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class SmoothedTargetLoss(nn.Module):
         tau: float = 0.1,
         temperature: float = 1.0,
         token_budget: int = 0,
+        ramp: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -140,6 +144,13 @@ class SmoothedTargetLoss(nn.Module):
         self.tau = float(tau)
         self.temperature = float(temperature)
         self.token_budget = int(token_budget)
+        self.ramp = float(ramp)
+
+    def one_hot_weight(self, progress: float) -> float:
+        """The weight of the one-hot label at training ``progress``: ``alpha`` once the ramp has passed."""
+        if progress >= self.ramp:
+            return self.alpha
+        return 1.0 - (1.0 - self.alpha) * progress / self.ramp
 
     def smoothing_distribution(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """``q`` at the logits' resolution, ``[B, K, H, W]`` or broadcastable to it (steps 1-4)."""
@@ -151,16 +162,18 @@ class SmoothedTargetLoss(nn.Module):
         aggregated = aggregate_predictions(features, probs, self.tau, self.token_budget)
         return F.interpolate(aggregated, size=logits.shape[-2:], mode="bilinear", align_corners=False)
 
-    def targets(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def targets(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         """The full soft target ``t`` (step 5), ``[B, K, H, W]``; zero at ignored pixels."""
         valid = target != self.ignore_index
         onehot = F.one_hot(torch.where(valid, target, 0), self.num_classes).permute(0, 3, 1, 2).float()
-        soft = self.alpha * onehot
+        alpha = self.one_hot_weight(progress)
+        soft = alpha * onehot
         if self.smoothing is not None:
-            soft = soft + (1.0 - self.alpha) * self.smoothing_distribution(logits, features).float()
+            soft = soft + (1.0 - alpha) * self.smoothing_distribution(logits, features).float()
         return soft * valid.unsqueeze(1)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor | None = None,
+                progress: float = 1.0) -> torch.Tensor:
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"logits have {logits.shape[1]} classes, the loss expects {self.num_classes}")
         if target.shape != logits.shape[:1] + logits.shape[2:]:
@@ -168,7 +181,7 @@ class SmoothedTargetLoss(nn.Module):
         if features is None and self.smoothing in ("aggregated", "image_mean"):
             raise ValueError(f"the {self.smoothing!r} smoothing needs the decoder features")
         q = self.smoothing_distribution(logits, features) if self.smoothing is not None else None
-        return SoftTargetCrossEntropy.apply(logits, target, q, self.alpha, self.ignore_index)
+        return SoftTargetCrossEntropy.apply(logits, target, q, self.one_hot_weight(progress), self.ignore_index)
 
 
 def _pixel_dot(q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -231,7 +244,7 @@ class SoftTargetCrossEntropy(torch.autograd.Function):
 def loss_of(settings: LossSettings, num_classes: int, ignore_index: int = IGNORE_INDEX) -> SmoothedTargetLoss:
     """The training loss a method's settings describe."""
     return SmoothedTargetLoss(num_classes, settings.alpha, settings.smoothing, ignore_index, tau=settings.tau,
-                              temperature=settings.T, token_budget=settings.token_budget)
+                              temperature=settings.T, token_budget=settings.token_budget, ramp=settings.ramp)
 
 
 def build_loss(name: str, num_classes: int, ignore_index: int = IGNORE_INDEX, **params) -> SmoothedTargetLoss:

@@ -32,9 +32,9 @@ EXECUTORS = ("local", "slurm")
 LOSSES = {  # loss -> its parameters and their defaults (docs/method.md, section 3)
     "ce": {},
     "ls": {"eps": 0.1},
-    "pals": {"alpha": 0.5, "tau": 0.1, "T": 1.0, "token_budget": 0},
-    "pals_no_onehot": {"tau": 0.1, "T": 1.0, "token_budget": 0},  # alpha = 0: the aggregated distribution alone
-    "pals_uniform": {"alpha": 0.5, "T": 1.0},  # a uniform affinity: the image's mean prediction
+    "pals": {"alpha": 0.5, "tau": 0.1, "T": 1.0, "token_budget": 0, "ramp": 0.0},
+    "pals_no_onehot": {"tau": 0.1, "T": 1.0, "token_budget": 0, "ramp": 0.0},  # alpha = 0: the aggregated distribution alone
+    "pals_uniform": {"alpha": 0.5, "T": 1.0, "ramp": 0.0},  # a uniform affinity: the image's mean prediction
 }
 SMOOTHING = {"ce": None, "ls": "uniform", "pals": "aggregated", "pals_no_onehot": "aggregated", "pals_uniform": "image_mean"}
 GENERATOR_ARGUMENTS = {  # dataset kind -> the embedded generator's arguments (paper_repro/data/synthetic.py); None: required
@@ -161,6 +161,7 @@ class LossSettings:
     tau: float = 0.1
     T: float = 1.0  # the teacher temperature
     token_budget: int = 0  # 0: no pooling of keys and values before the aggregation
+    ramp: float = 0.0  # share of training over which the self-target's weight grows from 0 (0: full weight from the start)
 
     @staticmethod
     def of(loss: str, options: dict) -> LossSettings:
@@ -177,7 +178,8 @@ class LossSettings:
         values = LOSSES[loss] | options
         rules = {"eps": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"), "alpha": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
                  "tau": (lambda v: v > 0, "> 0"), "T": (lambda v: v > 0, "> 0 (the teacher temperature)"),
-                 "token_budget": (lambda v: v >= 0 and v == int(v), "an integer >= 0 (0 = no pooling)")}
+                 "token_budget": (lambda v: v >= 0 and v == int(v), "an integer >= 0 (0 = no pooling)"),
+                 "ramp": (lambda v: 0.0 <= v <= 1.0, "in [0, 1] (a share of training; 0 = no ramp)")}
         for key, value in values.items():
             check, expected = rules[key]
             if not check(value):
@@ -186,7 +188,7 @@ class LossSettings:
         smoothing = SMOOTHING[loss] if alpha < 1.0 else None
         extra = {key: values[key] for key in ("tau", "T") if key in values}
         return LossSettings(loss, float(alpha), smoothing, **{k: float(v) for k, v in extra.items()},
-                            token_budget=int(values.get("token_budget", 0)))
+                            token_budget=int(values.get("token_budget", 0)), ramp=float(values.get("ramp", 0.0)))
 
 
 @dataclass(frozen=True)

@@ -196,12 +196,14 @@ def build_optimisation(model: torch.nn.Module, settings: Optimisation, dtype: to
     return optimizer, scheduler, scaler
 
 
-def training_step(model, criterion, optimizer, scheduler, scaler, images, masks, dtype: torch.dtype | None) -> tuple[float, float]:
-    """One iteration: forward and loss under autocast (``dtype``, or none), backward, SGD step and
+def training_step(model, criterion, optimizer, scheduler, scaler, images, masks, dtype: torch.dtype | None,
+                  progress: float = 1.0) -> tuple[float, float]:
+    """One iteration at training ``progress`` (iteration / iterations, for a loss that ramps its
+    self-target in): forward and loss under autocast (``dtype``, or none), backward, SGD step and
     learning-rate decay. Returns ``(loss, learning rate used)``. The benchmark times this same function."""
     with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         output = model(images)
-        loss = criterion(output["out"], masks, output["feat"])
+        loss = criterion(output["out"], masks, output["feat"], progress)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -269,7 +271,7 @@ def train_unlocked(settings: RunSettings, layout: Layout, rank: int, world: int,
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         masks = masks.to(device, non_blocking=True)
         began = time.perf_counter()
-        loss_value, lr = training_step(model, criterion, optimizer, scheduler, scaler, images, masks, dtype)
+        loss_value, lr = training_step(model, criterion, optimizer, scheduler, scaler, images, masks, dtype, iteration / total)
         finished = time.perf_counter()
         rows.append({"iteration": iteration + 1, "loss": round(loss_value, 6), "lr": lr, "threads": threads,
                      "data_seconds": round(began - waited, 6), "step_seconds": round(finished - began, 6)})

@@ -30,9 +30,9 @@ def run_study(workspace, monkeypatch, dtype):
         criterion = loss_of(settings, num_classes)
         method = {"ce": "ce", "ls": "ls", "pals": "pals"}[settings.loss]
 
-        def loss(logits, target, features):
+        def loss(logits, target, features, progress):
             seen.setdefault(method, set()).update({logits.dtype, features.dtype})
-            value = criterion(logits, target, features)
+            value = criterion(logits, target, features, progress)
             seen[method].add(value.dtype)
             return value
         return loss

@@ -375,3 +375,23 @@ def test_aggregate_rejects_mismatched_shapes_and_bad_tau():
         aggregate_predictions(torch.randn(2, 8, 4, 4), torch.rand(2, 3, 4, 5), 0.1)
     with pytest.raises(ValueError, match="tau must be > 0"):
         aggregate_predictions(torch.randn(2, 8, 4, 4), torch.rand(2, 3, 4, 4), 0.0)
+
+
+def test_the_self_target_ramps_in_linearly_then_holds():
+    """``ramp: r``: the weight ``1 - alpha`` of ``q`` grows linearly from 0 to its value at progress ``r``."""
+    logits, target, features = random_batch(3)
+    ramped, plain = build_loss("pals", 5, alpha=0.4, ramp=0.5), build_loss("pals", 5, alpha=0.4)
+    # no ramp is the published method, bit for bit, at any progress
+    assert torch.equal(build_loss("pals", 5, alpha=0.4, ramp=0.0)(logits, target, features, 0.0), plain(logits, target, features))
+    # at the start the one-hot label alone: cross-entropy
+    torch.testing.assert_close(ramped(logits, target, features, 0.0), build_loss("ce", 5)(logits, target, features))
+    # a quarter of training, half the ramp: 0.6 * 0.5 = 0.3 on q, i.e. alpha 0.7
+    torch.testing.assert_close(ramped(logits, target, features, 0.25), build_loss("pals", 5, alpha=0.7)(logits, target, features))
+    torch.testing.assert_close(ramped.targets(logits, target, features, 0.25), build_loss("pals", 5, alpha=0.7).targets(logits, target, features))
+    # once the ramp has passed, exactly the unramped loss
+    for progress in (0.5, 0.9):
+        assert torch.equal(ramped(logits, target, features, progress), plain(logits, target, features))
+    with pytest.raises(ValueError, match=r"ramp must be in \[0, 1\]"):
+        build_loss("pals", 5, ramp=1.5)
+    with pytest.raises(ValueError, match=r"got unknown \['ramp'\]"):
+        build_loss("ls", 5, ramp=0.5)  # a uniform target has nothing to ramp in
