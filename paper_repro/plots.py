@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .data import KINDS
+from .data import class_colours
 
 # The only figures the paper's abstract gives: PALS minus cross-entropy mIoU (points) on the
 # Cityscapes *test* set at 10/30/50/100% of the training labels.
@@ -88,10 +88,7 @@ def reliability_diagram(bins: pd.DataFrame, ax: plt.Axes, label: str) -> None:
 
 def colourise(label: np.ndarray, kind: str) -> np.ndarray:
     """Train-id labels ``[H, W]`` as the dataset's colours ``[H, W, 3]`` (ignored pixels in black)."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    colours = KINDS[kind].palette
-    palette[: len(colours)] = colours
-    return palette[label]
+    return class_colours(kind)[label]
 
 
 def bench_scaling(aggregation: pd.DataFrame, time_ax: plt.Axes, memory_ax: plt.Axes) -> None:

@@ -39,7 +39,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from .atomic import atomic_folder, write_json
-from .data import KINDS
+from .data import KINDS, class_colours
 from .data.cityscapes import TRAIN_ID_TO_LABEL_ID
 from .data.cityscapes import image_id as cityscapes_image_id
 from .data.transforms import eval_transforms
@@ -85,15 +85,12 @@ def read_image(path: Path) -> torch.Tensor:
 
 def overlay(image: np.ndarray, labels: np.ndarray, kind: str) -> np.ndarray:
     """The image ``[H, W, 3]`` blended half and half with the class colours of ``labels``."""
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    palette = KINDS[kind].palette
-    colours[: len(palette)] = palette
-    return ((image.astype(np.uint16) + colours[labels]) // 2).astype(np.uint8)
+    return ((image.astype(np.uint16) + class_colours(kind)[labels]) // 2).astype(np.uint8)
 
 
 def write_prediction(staging: Path, image_id: str, image: torch.Tensor, probs: torch.Tensor, spec: DatasetSettings,
-                     output: str, confidence: bool) -> list[Path]:
-    """Write one image's prediction in ``output`` format under ``staging``; returns the files."""
+                     output: str, confidence: bool) -> None:
+    """Write one image's prediction in ``output`` format under ``staging``."""
     top, labels = probs.max(0)
     labels = labels.byte().cpu().numpy()
     if output == "cityscapes":
@@ -102,7 +99,7 @@ def write_prediction(staging: Path, image_id: str, image: torch.Tensor, probs: t
         path = staging / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls" / f"{image_id}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_palette_png(labels, path)
-        return [path]
+        return
     else:
         files = {staging / f"{image_id}_labels.png": labels,
                  staging / f"{image_id}_overlay.png": overlay(image.permute(1, 2, 0).numpy(), labels, spec.kind)}
@@ -110,7 +107,6 @@ def write_prediction(staging: Path, image_id: str, image: torch.Tensor, probs: t
             files[staging / f"{image_id}_confidence.png"] = (255 * top).round().byte().cpu().numpy()
     for path, array in files.items():
         Image.fromarray(array).save(path)
-    return list(files)
 
 
 def check_output_folder(out: Path) -> None:

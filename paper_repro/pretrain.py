@@ -25,6 +25,7 @@ the runs, which depend on that file, depend on nothing of the pretraining.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ from .metrics import average_precision
 from .models import SmallBackbone
 from .runtime import device as compute_device
 from .runtime import keep_freed_memory
-from .settings import PretrainSettings, Settings, as_record
+from .settings import PretrainSettings, Settings
 from .train import build_optimisation
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def pretrain(study: Settings, layout: Layout = Layout()) -> dict:
         "images": len(train_images), "held_out": len(held_images), "final_loss": rows[-1]["loss"],
     }
     log.info("held-out mAP %.1f (chance %.1f)", metrics["held_out_mAP"], metrics["chance_mAP"])
-    save_torch({"config": as_record(settings), "backbone": model.backbone.cpu().state_dict()}, layout.pretrained_backbone())
+    save_torch({"config": asdict(settings), "backbone": model.backbone.cpu().state_dict()}, layout.pretrained_backbone())
     write_rows(rows, LOG_FIELDS, layout.pretrain_log())
     write_json(metrics, layout.pretrain_metrics())
     return metrics

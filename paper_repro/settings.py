@@ -15,7 +15,7 @@ settings from here, and hold none of their rules).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import ParamsError
@@ -96,8 +96,8 @@ class Section:
         return tuple(self.get(name, lambda v: isinstance(v, list) and len(v) == 2 and all(is_int(x) and x >= least for x in v), expected))
 
 
-def check_generator_arguments(kind: str, arguments: dict) -> dict:
-    """The generator's arguments with their defaults; :class:`ParamsError` starting with the argument's name if it would refuse them."""
+def check_generator_arguments(kind: str, arguments: dict) -> None:
+    """:class:`ParamsError`, starting with the argument's name, if the generator would refuse ``arguments`` (its defaults filled in)."""
     accepted = GENERATOR_ARGUMENTS[kind]
     unknown = sorted(set(arguments) - set(accepted))
     if unknown:
@@ -117,7 +117,6 @@ def check_generator_arguments(kind: str, arguments: dict) -> dict:
         classes = values["classes"]
         if not isinstance(classes, (list, tuple)) or not classes or not set(classes) <= set(VOC_OBJECT_CLASSES):
             raise ParamsError(f"classes must be a non-empty list of VOC class indices in 1..20, got {classes!r}")
-    return values
 
 
 @dataclass(frozen=True)
@@ -343,10 +342,6 @@ class Settings:
     def run(self, run: Run) -> RunSettings:
         return RunSettings(run, self.dataset(run.dataset), self.loss(run.method), self.model, self.train_of(run.dataset), self.evaluate)
 
-    def runs(self) -> list[Run]:
-        """The study's runs, then the ablation's."""
-        return self.study.runs() + (self.ablation.runs() if self.ablation else [])
-
 
 def resolve(params: dict, source: str) -> Settings:
     """Check every section of ``params`` (read from ``source``) and return them as :class:`Settings`."""
@@ -513,15 +508,3 @@ def read_launch(launch: Section) -> LaunchSettings:
             **{key: slurm.get(key, positive_int, "a positive integer") for key in ("time_minutes", "cpus_per_job", "mem_gb")},
             setup=tuple(slurm.get("setup", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
                                   "a list of shell lines run before each job"))))
-
-
-def as_record(settings) -> dict:
-    """A settings object as plain JSON-able values (tuples as lists), for checkpoints and logs."""
-    def plain(value):
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return {f.name: plain(getattr(settings, f.name)) for f in fields(settings)}

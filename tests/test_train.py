@@ -42,6 +42,20 @@ def weights(workspace, run):
     return torch.load(workspace / "runs" / "tiny-streets" / run / "model.pt", weights_only=False)["model"]
 
 
+def kill_after_first_checkpoint(workspace, run, args):
+    """Start ``python -m paper_repro *args`` and SIGKILL it once ``run`` has written a checkpoint; the checkpoint's iteration."""
+    checkpoint = workspace / "runs" / "tiny-streets" / run / "checkpoint.pt"
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "paper_repro", *args], cwd=workspace, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    return torch.load(checkpoint, weights_only=False)["iteration"]
+
+
 def test_killed_run_resumes_to_exactly_the_uninterrupted_weights(tiny_workspace):
     iterations = ["--set", "train.iterations=60", "--set", "train.checkpoint_every=5"]
     reference = run_cli(tiny_workspace, *train_args(), *iterations)
@@ -53,16 +67,8 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_weights(tiny_workspace)
     run_dir = tiny_workspace / "runs" / "tiny-streets" / "pals-100-0"
     for path in run_dir.iterdir():
         path.unlink()
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "paper_repro", *train_args(), *iterations], cwd=tiny_workspace, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    stopped_at = kill_after_first_checkpoint(tiny_workspace, "pals-100-0", (*train_args(), *iterations))
     assert not (run_dir / "model.pt").exists()
-    stopped_at = torch.load(run_dir / "checkpoint.pt", weights_only=False)["iteration"]
     assert 5 <= stopped_at < 60
 
     resumed = run_cli(tiny_workspace, *train_args(), *iterations)
@@ -123,20 +129,6 @@ def fresh_copy(tiny_workspace, folder):
     return folder
 
 
-def kill_after_first_checkpoint(workspace, args):
-    """Start ``python -m paper_repro *args`` and SIGKILL it once its run has written a checkpoint; the checkpoint's iteration."""
-    checkpoint = workspace / "runs" / "tiny-streets" / "ce-50-0" / "checkpoint.pt"
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "paper_repro", *args], cwd=workspace, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    return torch.load(checkpoint, weights_only=False)["iteration"]
-
-
 def test_loading_and_saving_settings_do_not_change_the_weights(tiny_workspace, tmp_path):
     """``train.workers``, ``train.cache_decoded`` and ``train.checkpoint_every`` change no weight: a run
     trained with other values of them ends as the reference run, and so does a run killed mid-way and
@@ -152,7 +144,7 @@ def test_loading_and_saving_settings_do_not_change_the_weights(tiny_workspace, t
     assert trained.returncode == 0 and "resuming" not in trained.stderr, trained.stderr
 
     resumed = fresh_copy(tiny_workspace, tmp_path / "resumed")
-    stopped_at = kill_after_first_checkpoint(resumed, (*args, "--set", "train.checkpoint_every=5"))
+    stopped_at = kill_after_first_checkpoint(resumed, "ce-50-0", (*args, "--set", "train.checkpoint_every=5"))
     assert 5 <= stopped_at < 60
     again = run_cli(resumed, *args, *other)
     assert again.returncode == 0, again.stderr

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..settings import DatasetSettings
 from . import cityscapes, voc
 from .common import LabelledImages
@@ -32,6 +34,13 @@ KINDS = {
 def open_dataset(spec: DatasetSettings, split: str, ids: Sequence[str] | None = None, transforms: Callable | None = None) -> LabelledImages:
     """The dataset a ``datasets.<name>`` section describes."""
     return KINDS[spec.kind].loader(spec.root, split, ids=ids, transforms=transforms)
+
+
+def class_colours(kind: str) -> np.ndarray:
+    """``[256, 3]`` uint8: the colour of every train id of a dataset kind (black for the rest, 255 included)."""
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    colours[: len(KINDS[kind].palette)] = KINDS[kind].palette
+    return colours
 
 
 def class_names(spec: DatasetSettings) -> list[str]:
