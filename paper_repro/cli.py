@@ -6,9 +6,10 @@ small backbone's weights), ``run`` (one run of the study: ``train``, then ``eval
 also exist on their own), ``report`` (tables over all runs) and ``explain`` (PALS at a few
 pixels, for the explanation figure); ``bench`` measures speed and memory, ``launch`` runs the
 study's runs as parallel jobs, ``preset`` writes a preset's effective parameters into
-``params.yaml`` and ``predict`` runs a trained model on any images or writes a test-server
-submission. Each reads ``--params`` (default ``params.yaml``) with ``--set dotted.key=value``
-overrides, spelled as ``dvc exp run -S``. A user mistake ends with a one-line error and exit
+``params.yaml``, ``predict`` runs a trained model on any images or writes a test-server
+submission and ``compare`` sets this workspace's results beside another run's. Each reads
+``--params`` (default ``params.yaml``) with ``--set dotted.key=value`` overrides, spelled as
+``dvc exp run -S``. A user mistake ends with a one-line error and exit
 status 2.
 
 In a DVC workspace (a ``dvc.yaml`` here) the stage commands write what ``dvc.yaml`` tracks, so
@@ -38,7 +39,7 @@ class Stage(NamedTuple):
     module: str  # paper_repro.<module> holds the stage's work
     entry: str  # its entry function
     target: str | None  # what it works on: "dataset" (entry(settings, DatasetSettings)), "run" (entry(RunSettings)),
-    # "notebook" (entry(name)), "launch" (entry(settings, params_path=..., overrides=..., show=..., wait=...)) or None (entry(settings))
+    # "notebook" (entry(name)), "compare" (entry(settings, reference, out)), "launch" (entry(settings, params_path=..., overrides=..., show=..., wait=...)) or None (entry(settings))
     help: str
     tracked: bool = True  # writes outputs dvc.yaml tracks
 
@@ -57,6 +58,7 @@ STAGES = {
     "launch": Stage("launch", "launch", "launch", "run the study's runs that are missing or stale as parallel jobs (local or SLURM) and record them in DVC", False),
     "preset": Stage("config", "write_preset", "preset", "write a preset's effective parameters (merged over its base) into params.yaml, which DVC reads", False),
     "predict": Stage("predict", "predict", "predict", "predict with a trained run on any images, or write a split's test-server submission", False),
+    "compare": Stage("compare", "compare", "compare", "compare every run's mIoU and every verdict with another copy of the study's results", False),
 }
 OUTPUT_NEUTRAL = tuple(f"train.{key}" for key in TrainSettings.RESUMABLE_ACROSS)  # overrides that change no output
 
@@ -69,6 +71,12 @@ def percent(value: str) -> int:
     if not 0 < number <= 100:
         raise argparse.ArgumentTypeError(f"must be an integer percent in (0, 100], got {value}")
     return number
+
+
+def positive(value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--method", required=True, help="a method name under `methods:` (ce, ls, pals, ...)")
             sub.add_argument("--percent", required=True, type=percent, help="labelled share of the training images, an integer percent: 10, 30, 50, 100")
             sub.add_argument("--seed", required=True, type=int, help="seed of the subset draw, initialisation and data order")
+            sub.add_argument("--schedule", type=positive, default=1, help="train this many times the dataset's iterations (default 1)")
         if stage.target in ("run", "predict"):
             sub.add_argument("--dataset", required=True, help="a dataset name under `datasets:` in the parameters")
         if stage.target == "predict":
@@ -104,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="maps: label PNG and colour overlay per image; cityscapes / voc: the test servers' submission layout")
             sub.add_argument("--confidence", action="store_true", help="also write the top class's probability per pixel (maps)")
             sub.add_argument("--archive", action="store_true", help="also pack the submission: <out>.zip (cityscapes), <out>.tar.gz (voc)")
+        if stage.target == "compare":
+            sub.add_argument("reference", help="the root of another copy of the repository whose results/metrics hold the same runs")
+            sub.add_argument("--out", help="also write the per-cell table to this CSV file (and the per-run table beside it, *_runs.csv)")
         if stage.target == "launch":
             sub.add_argument("--status", action="store_true", help="print the table of runs (pending, running, done, failed) and exit")
             sub.add_argument("--no-wait", action="store_true", help="submit and return (slurm); a later launch picks the jobs up again")
@@ -141,13 +153,15 @@ def call_stage(args: argparse.Namespace) -> None:
         entry(args.name)
     elif stage.target == "launch":
         entry(settings, params_path=args.params, overrides=args.overrides, show=args.status, wait=not args.no_wait)
+    elif stage.target == "compare":
+        entry(settings, Path(args.reference), Path(args.out) if args.out else None)
     elif stage.target == "dataset":
         entry(settings, settings.dataset(args.dataset))
     elif stage.target == "predict":
         entry(settings, settings.dataset(args.dataset), predicted_model(args), args.inputs, args.split, Path(args.out),
               args.format, args.confidence, args.archive)
     else:
-        entry(settings.run(Run(args.dataset, args.method, args.percent, args.seed)))  # an unknown name: a one-line error
+        entry(settings.run(Run(args.dataset, args.method, args.percent, args.seed, args.schedule)))  # an unknown name: a one-line error
 
 
 def predicted_model(args: argparse.Namespace) -> Path:

@@ -4,7 +4,9 @@ Protocol (docs/method.md, section 6): whole-image inference (each evaluation ima
 through the network once at its stored resolution; the logits come back at that
 resolution), ignored pixels skipped, the *last* checkpoint of the run (never the best on the
 reported split), mIoU by the official Cityscapes convention. Writes ``metrics.json`` with
-mIoU, per-class IoU, pixel accuracy and ECE (``evaluate.calibration_bins`` bins), and saves
+mIoU, per-class IoU, pixel accuracy and ECE (``evaluate.calibration_bins`` bins), the mIoU and
+pixel accuracy of the boundary band (labelled pixels within ``evaluate.boundary_width`` pixels
+of a label change) and of the interior, and saves
 the predicted labels of a fixed list of evaluation images (the first
 ``evaluate.figure_images`` ids in sorted order) for the qualitative figures.
 """
@@ -19,18 +21,19 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import IGNORE_INDEX
 from .atomic import atomic_folder, write_json
 from .checkpoint import MODEL_KEYS, load_checkpoint
 from .data import class_names, open_dataset
 from .data.transforms import eval_transforms
 from .errors import CheckpointError
 from .layout import Layout
-from .metrics import calibration_bins, confusion_matrix, ece_from_bins, iou_per_class, mean_iou, pixel_accuracy
+from .metrics import boundary_band, calibration_bins, confusion_matrix, ece_from_bins, iou_per_class, mean_iou, pixel_accuracy
 from .models import build_model
 from .inference import class_probabilities
 from .runtime import autocast_dtype
 from .runtime import device as compute_device
-from .settings import ModelSettings, RunSettings
+from .settings import EvaluateSettings, ModelSettings, RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ def evaluate(settings: RunSettings, layout: Layout = Layout()) -> dict:
     n_bins = settings.evaluate.calibration_bins
     num_classes = spec.num_classes
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    region_cm = {region: torch.zeros_like(cm) for region in EvaluateSettings.REGIONS}
     bins = torch.zeros(3, n_bins, dtype=torch.float64, device=device)
     # Predictions and metrics are committed together: the old metrics go first, the new ones come
     # last, so an interruption leaves no metrics (the stage reruns), never new predictions beside old metrics.
@@ -80,6 +84,9 @@ def evaluate(settings: RunSettings, layout: Layout = Layout()) -> dict:
             probs = class_probabilities(model, image, settings.evaluate.scales, settings.evaluate.flip, dtype)
             prediction = probs.argmax(1)
             cm += confusion_matrix(prediction, mask, num_classes)
+            band = boundary_band(mask, settings.evaluate.boundary_width)
+            for region, pixels in zip(EvaluateSettings.REGIONS, (band, ~band)):
+                region_cm[region] += confusion_matrix(prediction, torch.where(pixels, mask, IGNORE_INDEX), num_classes)
             bins += calibration_bins(probs, mask, n_bins)
             if data.ids[index] in figure_ids:
                 Image.fromarray(prediction[0].byte().cpu().numpy()).save(staging / layout.prediction(run, data.ids[index]).name)
@@ -90,6 +97,9 @@ def evaluate(settings: RunSettings, layout: Layout = Layout()) -> dict:
         "pixel_accuracy": round(100 * pixel_accuracy(cm.cpu()), 4),
         "ece": round(100 * ece_from_bins(bins.cpu()), 4),
         "iou": {name: (None if np.isnan(value) else round(100 * value, 4)) for name, value in zip(class_names(spec), iou.tolist())},
+        **{region: {"miou": round(100 * mean_iou(matrix.cpu()), 4), "pixel_accuracy": round(100 * pixel_accuracy(matrix.cpu()), 4),
+                    "pixels": int(matrix.sum())} for region, matrix in region_cm.items()},
+        "boundary_width": settings.evaluate.boundary_width,
         "images": len(data),
         "split": split,
         "reliability": {"count": bins[0].tolist(), "confidence_sum": bins[1].tolist(), "correct": bins[2].tolist()},

@@ -1,7 +1,7 @@
 """``python -m paper_repro launch``: the study's runs as parallel jobs, recorded in DVC.
 
-Each run is one ``run@...`` or ``run_ablation@...`` stage of ``dvc.yaml`` (train, then evaluate,
-``paper_repro/run.py``). The launcher
+Each run is one ``run@...``, ``run_ablation@...`` or ``run_schedule@...`` stage of ``dvc.yaml``
+(train, then evaluate, ``paper_repro/run.py``). The launcher
 
 1. brings the runs' inputs up to date with ``dvc repro generate subsets pretrain``;
 2. takes the runs whose outputs ``dvc status`` reports missing or stale;
@@ -53,14 +53,19 @@ LOCAL_TIMEOUT_MINUTES = 7 * 24 * 60  # submitit's local jobs are killed after th
 
 
 def stages_of(settings: Settings) -> dict[Run, str]:
-    """Every run of the study and of the ablation, in the matrix's order, with its stage in ``dvc.yaml``
-    (``run@synthetic-cityscapes-pals-10-0``, ``run_ablation@...``)."""
-    stages = {run: "run" for run in settings.study.runs()} | {run: "run_ablation" for run in (settings.ablation.runs() if settings.ablation else [])}
-    return {run: f"{stage}@{run.dataset}-{run.name}" for run, stage in stages.items()}
+    """Every run of the study, the ablation and the schedule sensitivity, in the matrix's order, with its
+    stage in ``dvc.yaml`` (``run@synthetic-cityscapes-pals-10-0``, ``run_ablation@...``, ``run_schedule@...``:
+    a matrix stage's name holds its matrix values, not the schedule factor)."""
+    stages = {run: "run" for run in settings.study.runs()}
+    for stage, extra in (("run_ablation", settings.ablation), ("run_schedule", settings.schedule)):
+        stages |= {run: stage for run in (extra.runs() if extra else [])}
+    return {run: f"{stage}@{run.dataset}-{run.method}-{run.percent}-{run.seed}" for run, stage in stages.items()}
 
 
 def run_arguments(run: Run) -> list[str]:
-    return ["run", "--dataset", run.dataset, "--method", run.method, "--percent", str(run.percent), "--seed", str(run.seed)]
+    """The ``python -m paper_repro`` arguments of the run's stage command in ``dvc.yaml``."""
+    longer = ["--schedule", str(run.schedule)] if run.schedule != 1 else []
+    return ["run", "--dataset", run.dataset, "--method", run.method, "--percent", str(run.percent), "--seed", str(run.seed), *longer]
 
 
 class RunJob(submitit.helpers.Checkpointable):

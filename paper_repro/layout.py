@@ -3,7 +3,8 @@
 Paths are relative to a repository root (``Layout(".")`` for the stages, which run at the
 root as ``dvc.yaml`` runs them; ``Layout("..")`` for the notebooks, which run in
 ``notebooks/``). ``dvc.yaml`` declares the same paths, and ``tests/test_pipeline.py`` checks
-that it does. A run is one (dataset, method, label percent, seed) of the study.
+that it does. A run is one (dataset, method, label percent, seed) of the study, at the dataset's
+schedule or at a multiple of it.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Run:
-    """One run of the study: ``percent`` of the labelled training images; ``name`` (``pals-10-0``) is its name
-    inside its dataset, as in ``dvc.yaml``."""
+    """One run of the study: ``percent`` of the labelled training images, trained ``schedule`` times the
+    dataset's iterations; ``name`` (``pals-10-0``, ``pals-30-0-x4``) is its name inside its dataset, as in ``dvc.yaml``."""
 
     dataset: str
     method: str
     percent: int
     seed: int
+    schedule: int = 1
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.percent}-{self.seed}"
+        longer = f"-x{self.schedule}" if self.schedule != 1 else ""
+        return f"{self.method}-{self.percent}-{self.seed}{longer}"
 
 
 class Layout:
@@ -42,6 +45,10 @@ class Layout:
     def data_summary(self, dataset: str) -> Path:
         """Image counts per split and the ids of the exported samples."""
         return self.results / "data" / f"{dataset}.json"
+
+    def class_geometry(self, dataset: str) -> Path:
+        """Per class of the evaluation split: pixel share, regions and their median width (stride-4 feature pixels)."""
+        return self.results / "data" / f"{dataset}_classes.csv"
 
     def samples(self, dataset: str) -> Path:
         """Images and train-id labels of the first evaluation ids, for the figures."""

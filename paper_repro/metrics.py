@@ -3,16 +3,20 @@ and the average precision that scores the ``pretrain`` stage's presence classifi
 
 The confusion matrix is accumulated over a whole split and every score is derived from it,
 so a dataset's mIoU is computed once from the summed matrix, never averaged over images; the
-mIoU follows the official Cityscapes convention (docs/method.md, section 6).
+mIoU follows the official Cityscapes convention (docs/method.md, section 6). The same scores are
+also split between the *boundary band* (pixels within a few pixels of a label change) and the
+interior (every other labelled pixel), as trimap evaluations do.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import IGNORE_INDEX
 
 __all__ = [
+    "boundary_band",
     "confusion_matrix",
     "iou_per_class",
     "mean_iou",
@@ -36,6 +40,19 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
         raise ValueError(f"labels must be in [0, {num_classes}) or {ignore_index}; found {torch.unique(out_of_range).tolist()}")
     counts = torch.bincount(truth * num_classes + guess, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
+
+
+def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
+    """``[B, H, W]`` bool: pixels with another label (an ignored pixel counts as one) within ``width``
+    pixels in Chebyshev distance, i.e. in the ``(2 width + 1)``-pixel square around them. The image
+    border is no label change (edge pixels are compared with the pixels inside only)."""
+    if target.dim() != 3 or width < 1:
+        raise ValueError(f"target must be [B, H, W] and width >= 1; got {tuple(target.shape)} and {width}")
+    labels = F.pad(target[:, None].float(), (width,) * 4, mode="replicate")
+    window = 2 * width + 1
+    highest = F.max_pool2d(labels, window, stride=1)
+    lowest = -F.max_pool2d(-labels, window, stride=1)
+    return (highest != lowest)[:, 0]
 
 
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:

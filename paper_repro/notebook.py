@@ -4,7 +4,8 @@
 executed notebook only once every cell has run: an interrupted or failing execution leaves the
 previous notebook in place, never a half-executed one. :func:`setup` is the notebooks' first
 cell: inline figures, display settings, the parameters the pipeline ran with (and their md5,
-to compare with ``md5sum params.yaml``) and the layout of what it wrote.
+to compare with ``md5sum params.yaml``), whether the tables were made with those parameters
+(``dvc.lock``'s record of the ``report`` stage) and the layout of what it wrote.
 """
 
 from __future__ import annotations
@@ -48,7 +49,22 @@ def setup(root: str | Path = "..", params_file: str | Path | None = None, sectio
     print("methods:", json.dumps({m: params["methods"][m] for m in params["study"]["methods"]}))
     for section in sections:
         print(f"{section}:", json.dumps(params[section]))
+    print(tables_record(Path(root), params))
     return params, Layout(root)
+
+
+def tables_record(root: Path, params: dict) -> str:
+    """Whether ``dvc.lock`` records the ``report`` stage's tables as made with these parameters' sections."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return "tables: no dvc.lock beside them records which parameters made them"
+    recorded = parse_yaml(lock.read_text()).get("stages", {}).get("report", {}).get("params", {}).get("params.yaml", {})
+    keys = set(recorded) | {key for key in ("study", "ablation", "schedule") if key in params}
+    differ = [key for key in sorted(keys) if recorded.get(key) != params.get(key)]
+    if differ:
+        return (f"tables: made with other {', '.join(differ)} parameters than these (dvc.lock); "
+                "they are the last complete run's until `dvc repro` reruns what `dvc status` lists")
+    return f"tables: made with these {', '.join(sorted(recorded))} parameters (dvc.lock)"
 
 
 def execute(name: str, layout: Layout = Layout()) -> Path:

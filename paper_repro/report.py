@@ -1,16 +1,19 @@
 """The ``report`` stage: runs -> tables of mean, standard deviation and number of seeds per
-dataset, method and label percent, with the difference of the means to ``ce`` and the paired
-statistics of the per-seed differences to ``ce`` (mean, 95% t-interval, number of pairs,
-whether the interval excludes 0).
+dataset, method, label percent and schedule, with the difference of the means to ``ce`` and the
+paired statistics of the per-seed differences to ``ce`` (95% t-interval, number of pairs, the
+paired t-test's p-value, whether the interval excludes 0).
 
-Reads the ``metrics.json`` of every run of the study (and of the ablation) and writes CSV
-tables; the notebooks read these tables, nothing downstream recomputes them.
+Reads the ``metrics.json`` of every run of the study, the ablation and the schedule sensitivity
+and writes CSV tables; the notebooks read these tables, nothing downstream recomputes them. The
+ablation's table compares every variant with ``ce`` and with ``pals`` and adjusts the p-values of
+all those comparisons together by Holm's step-down method.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +22,12 @@ from scipy import stats
 
 from .atomic import write_table
 from .layout import Layout, Run
-from .settings import ABLATED, BASELINE, Settings
+from .settings import ABLATED, BASELINE, EvaluateSettings, Settings
 
 log = logging.getLogger(__name__)
-GROUP = ["dataset", "method", "percent"]
+GROUP = ["dataset", "method", "percent", "schedule"]
+PAIRING = ["dataset", "percent", "schedule", "seed"]  # what a method's run shares with its reference's run
+LEVEL = 0.95
 
 
 def read_metrics(run: Run, layout: Layout) -> dict:
@@ -33,12 +38,14 @@ def read_metrics(run: Run, layout: Layout) -> dict:
 
 
 def load_runs(runs: list[Run], layout: Layout) -> pd.DataFrame:
-    """One row per run: dataset, method, percent, seed, miou, pixel_accuracy, ece, iou_<class>..."""
+    """One row per run: dataset, method, percent, schedule, seed, miou, pixel_accuracy, ece, the mIoU and
+    accuracy of the boundary band and of the interior, iou_<class>..."""
     records = []
     for run in runs:
         metrics = read_metrics(run, layout)
-        records.append({"dataset": run.dataset, "method": run.method, "percent": run.percent, "seed": run.seed,
+        records.append({"dataset": run.dataset, "method": run.method, "percent": run.percent, "schedule": run.schedule, "seed": run.seed,
                         "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"], "ece": metrics["ece"]}
+                       | {f"{region}_{score}": metrics[region][score] for region in EvaluateSettings.REGIONS for score in ("miou", "pixel_accuracy")}
                        | {f"iou_{name}": value for name, value in metrics["iou"].items()})
     return pd.DataFrame.from_records(records)
 
@@ -49,45 +56,83 @@ def summarise(runs: pd.DataFrame, column: str) -> pd.DataFrame:
         raise ValueError(f"the runs hold no {BASELINE} baseline to measure differences against (methods: {sorted(set(runs['method']))})")
     table = runs.groupby(GROUP, sort=False)[column].agg(["mean", "std", "count"]).reset_index()
     table.columns = GROUP + [f"{column}_mean", f"{column}_std", "n"]
-    baseline = table[table["method"] == BASELINE].set_index(["dataset", "percent"])[f"{column}_mean"]
-    keys = pd.MultiIndex.from_frame(table[["dataset", "percent"]])
+    baseline = table[table["method"] == BASELINE].set_index(["dataset", "percent", "schedule"])[f"{column}_mean"]
+    keys = pd.MultiIndex.from_frame(table[["dataset", "percent", "schedule"]])
     table[f"{column}_delta_vs_ce"] = table[f"{column}_mean"].to_numpy() - baseline.reindex(keys).to_numpy()
     return table.round(4)
 
 
-def paired_differences(runs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Per dataset, method and percent: a 95% t-interval for the mean of the per-seed differences
-    to ``ce`` of ``column`` (within a seed every method shares subset, initialisation and data
-    order, docs/method.md section 5; that mean is :func:`summarise`'s ``<column>_delta_vs_ce``),
-    the number of pairs, and ``resolved`` when the interval excludes 0."""
-    baseline = runs[runs["method"] == BASELINE].set_index(["dataset", "percent", "seed"])[column]
-    keys = pd.MultiIndex.from_frame(runs[["dataset", "percent", "seed"]])
-    pairs = runs.assign(difference=runs[column].to_numpy() - baseline.reindex(keys).to_numpy()).dropna(subset=["difference"])
+def paired_differences(runs: pd.DataFrame, column: str, reference: str = BASELINE) -> pd.DataFrame:
+    """Per dataset, method, percent and schedule: the mean of the per-seed differences to ``reference``
+    of ``column`` (within a seed every method shares subset, initialisation and data order,
+    docs/method.md section 5), its 95% t-interval, the number of pairs, the two-sided paired
+    t-test's p-value, and ``resolved`` when the interval excludes 0."""
+    base = runs[runs["method"] == reference].set_index(PAIRING)[column]
+    keys = pd.MultiIndex.from_frame(runs[PAIRING])
+    pairs = runs.assign(difference=runs[column].to_numpy() - base.reindex(keys).to_numpy()).dropna(subset=["difference"])
     rows = []
-    for (dataset, method, percent), group in pairs.groupby(GROUP, sort=False):
+    for key, group in pairs.groupby(GROUP, sort=False):
         differences = group["difference"].to_numpy()
         n, mean = len(differences), differences.mean()
-        if n > 1 and differences.std(ddof=1) > 0:
-            low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=differences.std(ddof=1) / np.sqrt(n))
+        spread = differences.std(ddof=1) if n > 1 else np.nan
+        if n > 1 and spread > 0:
+            low, high = stats.t.interval(LEVEL, n - 1, loc=mean, scale=spread / np.sqrt(n))
+            p = stats.ttest_1samp(differences, 0.0).pvalue
         elif n > 1:  # identical differences in every seed: the interval is that value
             low = high = mean
+            p = 1.0 if mean == 0 else 0.0
         else:
-            low = high = np.nan
-        rows.append({"dataset": dataset, "method": method, "percent": percent, f"{column}_ci_low": low,
-                     f"{column}_ci_high": high, f"{column}_pairs": n, f"{column}_resolved": bool(low > 0 or high < 0)})
+            low = high = p = np.nan
+        rows.append(dict(zip(GROUP, key)) | {f"{column}_difference": mean, f"{column}_ci_low": low, f"{column}_ci_high": high,
+                                             f"{column}_pairs": n, f"{column}_p": p, f"{column}_resolved": bool(low > 0 or high < 0)})
     return pd.DataFrame.from_records(rows)
 
 
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (same order; NaN stays NaN, outside the family):
+    the k-th smallest of m is multiplied by m - k + 1, then made non-decreasing in that order, capped at 1."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    present = np.flatnonzero(~np.isnan(p))
+    order = present[np.argsort(p[present], kind="stable")]
+    scaled = p[order] * (len(order) - np.arange(len(order)))
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return adjusted
+
+
 def with_paired(runs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """:func:`summarise` beside :func:`paired_differences` of ``column``."""
-    return summarise(runs, column).merge(paired_differences(runs, column).round(4), on=GROUP)
+    """:func:`summarise` beside :func:`paired_differences` of ``column`` to ``ce`` (whose mean difference
+    is the summary's ``<column>_delta_vs_ce`` where every seed is paired)."""
+    paired = paired_differences(runs, column).drop(columns=f"{column}_difference")
+    return summarise(runs, column).merge(paired.round(4), on=GROUP)
+
+
+def comparisons(runs: pd.DataFrame, columns: tuple[str, ...], references: tuple[str, ...]) -> pd.DataFrame:
+    """Long table: every method that is not a reference against each reference, for each column
+    (``metric``): the paired statistics of :func:`paired_differences`, and the p-values adjusted by
+    :func:`holm` over the whole family of one metric (every variant, reference, dataset and percent),
+    with ``resolved_holm`` when the adjusted p-value is below 1 - 0.95."""
+    tables = []
+    for column in columns:
+        family = []
+        for reference in references:
+            paired = paired_differences(runs, column, reference)
+            paired = paired[~paired["method"].isin(references)].rename(columns=lambda name: name.removeprefix(f"{column}_"))
+            family.append(paired.assign(metric=column, reference=reference))
+        family = pd.concat(family, ignore_index=True)
+        family["p_holm"] = holm(family["p"])
+        family["resolved_holm"] = family["p_holm"] < 1 - LEVEL
+        family["comparisons"] = int(family["p"].notna().sum())
+        tables.append(family)
+    order = ["metric", "reference", *GROUP, "difference", "ci_low", "ci_high", "pairs", "p", "p_holm", "resolved", "resolved_holm", "comparisons"]
+    return pd.concat(tables, ignore_index=True)[order].round(4)
 
 
 def per_class(runs: list[Run], layout: Layout) -> pd.DataFrame:
     """Long table: dataset, method, percent, class (each dataset's own classes, in its order), IoU mean,
     std and n over the seeds where the class occurs in the evaluation split (its IoU is defined)."""
     long = pd.DataFrame.from_records(
-        [{"dataset": run.dataset, "method": run.method, "percent": run.percent, "class": name, "iou": iou}
+        [{"dataset": run.dataset, "method": run.method, "percent": run.percent, "schedule": run.schedule, "class": name, "iou": iou}
          for run in runs for name, iou in read_metrics(run, layout)["iou"].items()]).astype({"iou": float})
     table = long.groupby(GROUP + ["class"], sort=False)["iou"].agg(["mean", "std", "count"]).reset_index()
     table.columns = GROUP + ["class", "iou_mean", "iou_std", "n"]
@@ -102,11 +147,18 @@ def report(settings: Settings, layout: Layout = Layout()) -> dict[str, Path]:
         "runs": runs.round(4),
         "main": with_paired(runs, "miou"),
         "calibration": with_paired(runs, "ece").merge(summarise(runs, "pixel_accuracy").drop(columns="n"), on=GROUP),
+        "boundary": with_paired(runs, "boundary_miou").merge(with_paired(runs, "interior_miou").drop(columns="n"), on=GROUP),
         "per_class": per_class(study, layout),
     }
     if settings.ablation:  # the ablation's variants beside the study's ce and pals runs of the same percents and seeds
         ablation = load_runs(settings.ablation.runs((BASELINE, ABLATED, *settings.ablation.methods)), layout)
-        tables["ablation"] = with_paired(ablation, "miou").merge(with_paired(ablation, "ece").drop(columns="n"), on=GROUP)
+        tables["ablation"] = summarise(ablation, "miou").merge(summarise(ablation, "ece").drop(columns="n"), on=GROUP)
+        tables["ablation_comparisons"] = comparisons(ablation, ("miou", "ece"), (BASELINE, ABLATED))
+    if settings.schedule:  # the longer runs beside the study's runs of the same methods, percents and seeds
+        longer = settings.schedule
+        same = replace(longer, schedule=1)
+        both = load_runs(same.runs() + longer.runs(), layout)
+        tables["schedule"] = with_paired(both, "miou").merge(with_paired(both, "ece").drop(columns="n"), on=GROUP)
     paths = {}
     for name, table in tables.items():
         paths[name] = layout.table(name)

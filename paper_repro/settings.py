@@ -125,10 +125,11 @@ class Study:
     methods: tuple[str, ...]
     percents: tuple[int, ...]  # labelled share of the training split, integer percents
     seeds: tuple[int, ...]
+    schedule: int = 1  # training length in multiples of each dataset's iterations
 
     def runs(self, methods: tuple[str, ...] | None = None) -> list[Run]:
         """Every run of the grid (or of ``methods`` over its datasets, percents and seeds), in its order."""
-        return [Run(dataset, method, percent, seed) for dataset in self.datasets for method in (methods or self.methods)
+        return [Run(dataset, method, percent, seed, self.schedule) for dataset in self.datasets for method in (methods or self.methods)
                 for percent in self.percents for seed in self.seeds]
 
 
@@ -236,8 +237,11 @@ class TrainSettings(Optimisation):
 class EvaluateSettings:
     figure_images: int  # predictions saved for the first N evaluation ids (sorted)
     calibration_bins: int
+    boundary_width: int = 2  # the boundary band: labelled pixels within this many pixels of a label change
     scales: tuple[float, ...] = (1.0,)  # the softmax is averaged over the image resized by each (docs/method.md, section 6)
     flip: bool = False  # and over each scale's horizontal mirror
+
+    REGIONS = ("boundary", "interior")  # scored apart: the boundary band (metrics.boundary_band) and its complement
 
 
 @dataclass(frozen=True)
@@ -321,6 +325,7 @@ class Settings:
     pretrain: PretrainSettings
     explain: ExplainSettings
     ablation: Study | None = None  # extra runs compared with the study's ce and pals runs
+    schedule: Study | None = None  # study runs trained longer (schedule sensitivity)
     bench: BenchSettings | None = None
     launch: LaunchSettings | None = None
 
@@ -334,13 +339,16 @@ class Settings:
             raise ParamsError(f"unknown method {method!r}; expected one of {', '.join(self.methods)}")
         return self.methods[method]
 
-    def train_of(self, dataset: str) -> TrainSettings:
+    def train_of(self, dataset: str, schedule: int = 1) -> TrainSettings:
         """The ``train`` settings of a run on ``dataset``: the section with the dataset's own ``train:``
-        entries in their place (a schedule per benchmark, as the paper's Cityscapes and VOC schedules differ)."""
-        return replace(self.train, **self.dataset(dataset).train)
+        entries in their place (a schedule per benchmark, as the paper's Cityscapes and VOC schedules differ),
+        its iterations times ``schedule`` (the learning rate decays over the longer schedule)."""
+        train = replace(self.train, **self.dataset(dataset).train)
+        return replace(train, iterations=train.iterations * schedule)
 
     def run(self, run: Run) -> RunSettings:
-        return RunSettings(run, self.dataset(run.dataset), self.loss(run.method), self.model, self.train_of(run.dataset), self.evaluate)
+        return RunSettings(run, self.dataset(run.dataset), self.loss(run.method), self.model, self.train_of(run.dataset, run.schedule),
+                           self.evaluate)
 
 
 def resolve(params: dict, source: str) -> Settings:
@@ -364,9 +372,11 @@ def resolve(params: dict, source: str) -> Settings:
                      and all(is_number(s) and 0 < s <= 4 for s in v), "a non-empty list of distinct scales in (0, 4]")
     evaluate = EvaluateSettings(top.get("evaluate.figure_images", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
                                 top.get("evaluate.calibration_bins", positive_int, "a positive integer"),
+                                top.get("evaluate.boundary_width", positive_int, "a positive integer"),
                                 tuple(float(s) for s in scales), top.get("evaluate.flip", lambda v: isinstance(v, bool), "true or false"))
     settings = Settings(study, datasets, methods, model, train, evaluate, read_pretrain(top.section("pretrain")),
-                        read_explain(top, study, methods), read_ablation(top, study, methods_tree) if "ablation" in params else None)
+                        read_explain(top, study, methods), read_ablation(top, study, methods_tree) if "ablation" in params else None,
+                        read_schedule(top, study) if "schedule" in params else None)
     if "bench" in params:
         settings = replace(settings, bench=read_bench(top.section("bench"), datasets_tree))
     if "launch" in params:
@@ -475,6 +485,13 @@ def read_ablation(top: Section, study: Study, methods: dict) -> Study:
     if repeated:
         top.fail(f"ablation.methods names {repeated}, which the study already runs; list only the variants")
     return Study(grid["datasets"], variants, grid["percents"], grid["seeds"])
+
+
+def read_schedule(top: Section, study: Study) -> Study:
+    """Study runs (the same methods, percents and seeds) trained ``factor`` times their dataset's iterations."""
+    schedule = top.section("schedule")
+    grid = {key: schedule.names(key, getattr(study, key), f"study.{key}") for key in ("datasets", "methods", "percents", "seeds")}
+    return Study(**grid, schedule=schedule.get("factor", lambda v: is_int(v) and v >= 2, "an integer >= 2"))
 
 
 def read_bench(bench: Section, datasets: dict) -> BenchSettings:

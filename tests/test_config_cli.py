@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -25,9 +26,9 @@ def test_params_and_presets_resolve_and_validate(path):
     for dataset in settings.study.datasets:
         assert dataset in settings.datasets
     assert {"ce", "ls", "pals"} <= set(settings.study.methods)
-    assert settings.study.seeds == (0, 1, 2)
-    # the embedded default runs the two ends of the presets' label percents, within its CPU budget
-    assert settings.study.percents == ((10, 100) if path.name == "params.yaml" else (10, 30, 50, 100))
+    # the embedded default runs 5 seeds, the GPU presets 3; both the paper's grid of label percents
+    assert settings.study.seeds == ((0, 1, 2, 3, 4) if path.name == "params.yaml" else (0, 1, 2))
+    assert settings.study.percents == (10, 30, 50, 100)
 
 
 def test_real_presets_use_the_paper_scale_model_and_real_data():
@@ -119,6 +120,40 @@ def test_ablation_lists_only_variants_over_the_study_runs(tmp_path, ablation, me
 
 
 @pytest.mark.parametrize(
+    "schedule,message",
+    [
+        ({"factor": 1}, "schedule.factor must be an integer >= 2, got 1"),
+        ({"methods": ["ls"]}, "schedule.methods names 'ls', which is not under study.methods"),
+        ({"percents": [10]}, "schedule.percents names 10, which is not under study.percents"),
+    ],
+)
+def test_the_schedule_sensitivity_trains_study_runs_a_multiple_longer(tmp_path, tiny_workspace, schedule, message):
+    spec = TINY_PARAMS["datasets"]["tiny-streets"]
+    params = TINY_PARAMS | {"datasets": {"tiny-streets": spec | {"train": {"iterations": 3}}},
+                            "schedule": {"factor": 2, "datasets": ["tiny-streets"], "methods": ["ce"], "percents": [50], "seeds": [0]}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    settings = load_settings(path)
+    [longer] = settings.schedule.runs()
+    assert longer == Run("tiny-streets", "ce", 50, 0, 2) and longer.name == "ce-50-0-x2"
+    assert settings.run(longer).train.iterations == 6 and settings.run(Run("tiny-streets", "ce", 50, 0)).train.iterations == 3
+    path.write_text(yaml.safe_dump(params | {"schedule": params["schedule"] | schedule}))
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        load_settings(path)
+    if schedule != {"factor": 1}:
+        return
+    path.write_text(yaml.safe_dump(params))  # the command trains the longer run where the layout says
+    for name in ("data", "subsets"):
+        shutil.copytree(tiny_workspace / name, tmp_path / name)
+    result = run_cli(tmp_path, "train", "--dataset", "tiny-streets", "--method", "ce", "--percent", "50", "--seed", "0", "--schedule", "2")
+    assert result.returncode == 0, result.stderr
+    log = pd.read_csv(tmp_path / Layout(".").log(longer))
+    assert len(log) == 6 and log["lr"].iloc[-1] > 0  # the learning rate decays over the 6 iterations
+    refused = run_cli(tmp_path, "train", "--dataset", "tiny-streets", "--method", "ce", "--percent", "50", "--seed", "0", "--schedule", "0")
+    assert refused.returncode == 2 and "--schedule: must be a positive integer, got 0" in refused.stderr
+
+
+@pytest.mark.parametrize(
     "override,message",
     [
         ("bench.repeats=0", "bench.repeats must be a positive integer, got 0"),
@@ -152,9 +187,11 @@ def test_every_stage_explains_itself(stage, capsys):
     assert text.startswith(f"usage: python -m paper_repro {stage} [-h] preset" if stage == "preset" else
                            f"usage: python -m paper_repro {stage} [-h] [--params PARAMS] [--set KEY=VALUE]")
     assert STAGES[stage].help in text  # the stage's own description, whole
-    expected = {"dataset": ["--dataset"], "run": ["--dataset", "--method", "--percent", "--seed"], "notebook": ["--name"],
-                "launch": ["--status", "--no-wait"], None: [], "preset": [], "predict": ["--dataset", "--method", "--percent", "--seed"]}[STAGES[stage].target]
-    offered = [option for option in ("--dataset", "--method", "--percent", "--seed", "--name", "--status", "--no-wait") if f"{option} " in text]
+    expected = {"dataset": ["--dataset"], "run": ["--dataset", "--method", "--percent", "--seed", "--schedule"], "notebook": ["--name"],
+                "launch": ["--status", "--no-wait"], None: [], "preset": [], "predict": ["--dataset", "--method", "--percent", "--seed", "--out"],
+                "compare": ["--out"]}[STAGES[stage].target]
+    offered = [option for option in ("--dataset", "--method", "--percent", "--seed", "--schedule", "--name", "--status", "--no-wait", "--out")
+               if f"{option} " in text]
     assert offered == expected
 
 

@@ -14,7 +14,8 @@ from paper_repro.data.transforms import eval_transforms
 from paper_repro.explain import query_pixels
 from paper_repro.models import build_model
 from paper_repro.layout import Layout, Run
-from paper_repro.report import paired_differences, per_class, summarise
+from paper_repro.report import comparisons, holm, paired_differences, per_class, summarise
+from scipy import stats
 
 
 def test_evaluation_matches_an_independent_recomputation(tiny_workspace):
@@ -46,6 +47,25 @@ def test_evaluation_matches_an_independent_recomputation(tiny_workspace):
     assert metrics["images"] == 3 and metrics["split"] == "val"
     assert sum(metrics["reliability"]["count"]) == cm.sum()
 
+    # the boundary band by loops: a labelled pixel with another label (or 255) in its (2w + 1)-square, the border no change
+    width = metrics["boundary_width"]
+    regions = {"boundary": np.zeros((19, 19), dtype=np.int64), "interior": np.zeros((19, 19), dtype=np.int64)}
+    for index in range(len(data)):
+        mask = data[index][1].numpy()
+        height, breadth = mask.shape
+        for y in range(height):
+            for x in range(breadth):
+                if mask[y, x] == 255:
+                    continue
+                window = mask[max(0, y - width): y + width + 1, max(0, x - width): x + width + 1]
+                region = "boundary" if (window != mask[y, x]).any() else "interior"
+                regions[region][mask[y, x], predictions[data.ids[index]][y, x]] += 1
+    for region, matrix in regions.items():
+        union = matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
+        assert metrics[region]["miou"] == pytest.approx(100 * (np.diag(matrix)[union > 0] / union[union > 0]).mean(), abs=1e-3)
+        assert metrics[region]["pixels"] == matrix.sum()
+    assert regions["boundary"].sum() > 0 and regions["interior"].sum() > 0
+
     saved = sorted((tiny_workspace / "results" / "predictions" / "tiny-streets" / "ce-100-0").glob("*.png"))
     assert [p.stem for p in saved] == data.ids[:2]  # the first figure_images ids
     for path in saved:
@@ -55,7 +75,7 @@ def test_evaluation_matches_an_independent_recomputation(tiny_workspace):
 def test_summary_statistics_by_hand():
     runs = pd.DataFrame({
         "dataset": ["d"] * 6, "method": ["ce", "ce", "pals", "pals", "ce", "pals"],
-        "percent": [10, 10, 10, 10, 100, 100], "seed": [0, 1, 0, 1, 0, 0],
+        "percent": [10, 10, 10, 10, 100, 100], "schedule": 1, "seed": [0, 1, 0, 1, 0, 0],
         "miou": [40.0, 44.0, 43.0, 47.0, 60.0, 59.0],
     })
     table = summarise(runs, "miou").set_index(["method", "percent"])
@@ -69,7 +89,7 @@ def test_summary_statistics_by_hand():
 def test_paired_intervals_by_hand():
     # per-seed differences to ce: pals (3, 1, 2) -> mean 2, sd 1; ls (3, 3.5, 2.5) -> mean 3, sd 0.5
     t = 4.302652729911275  # the 0.975 quantile of Student's t with 2 degrees of freedom
-    runs = pd.DataFrame({"dataset": ["d"] * 9, "method": ["ce"] * 3 + ["pals"] * 3 + ["ls"] * 3, "percent": [10] * 9,
+    runs = pd.DataFrame({"dataset": ["d"] * 9, "method": ["ce"] * 3 + ["pals"] * 3 + ["ls"] * 3, "percent": [10] * 9, "schedule": 1,
                          "seed": [0, 1, 2] * 3, "miou": [40.0, 44.0, 50.0, 43.0, 45.0, 52.0, 43.0, 47.5, 52.5]})
     table = paired_differences(runs, "miou").set_index("method")
     assert table.loc["pals", "miou_ci_low"] == pytest.approx(2 - t / np.sqrt(3))
@@ -84,6 +104,35 @@ def test_paired_intervals_by_hand():
     # one seed: no interval, nothing resolved
     single = paired_differences(runs[runs.seed == 0], "miou").set_index("method")
     assert np.isnan(single.loc["pals", "miou_ci_low"]) and not single.loc["pals", "miou_resolved"]
+    # the p-value is the paired t-test's, the mean the mean of the differences
+    assert table.loc["pals", "miou_p"] == pytest.approx(stats.ttest_rel([43.0, 45.0, 52.0], [40.0, 44.0, 50.0]).pvalue)
+    assert table.loc["pals", "miou_difference"] == pytest.approx(2.0)
+
+
+def test_holm_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04 -> running maximum 0.02, 0.03, 0.06, 0.06
+    adjusted = holm([0.01, 0.04, 0.03, np.nan, 0.005])
+    assert adjusted[[0, 1, 2, 4]].tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert np.isnan(adjusted[3])
+    assert holm([0.6, 0.5]).tolist() == [1.0, 1.0]  # capped at 1
+
+
+def test_comparisons_pair_every_variant_with_each_reference_and_adjust_the_whole_family():
+    seeds = [0, 1, 2, 3]
+    miou = {"ce": [40.0, 44.0, 50.0, 46.0], "pals": [43.0, 45.0, 52.0, 47.0], "a": [41.0, 44.5, 50.0, 47.0], "b": [30.0, 35.0, 41.0, 36.5]}
+    runs = pd.DataFrame([{"dataset": "d", "method": method, "percent": 30, "schedule": 1, "seed": seed, "miou": value, "ece": 2.0 * value}
+                         for method, values in miou.items() for seed, value in zip(seeds, values)])
+    table = comparisons(runs, ("miou", "ece"), ("ce", "pals"))
+    assert len(table) == 8 and set(table["method"]) == {"a", "b"} and set(table["comparisons"]) == {4}
+    mious = table[table.metric == "miou"].set_index(["method", "reference"])
+    raw = {(method, reference): stats.ttest_rel(miou[method], miou[reference]).pvalue for method in "ab" for reference in ("ce", "pals")}
+    for key, p in raw.items():
+        assert mious.loc[key, "p"] == pytest.approx(p, abs=1e-4)
+        assert mious.loc[key, "difference"] == pytest.approx(np.mean(np.subtract(miou[key[0]], miou[key[1]])), abs=1e-4)
+    expected = holm(list(raw.values()))
+    assert [mious.loc[key, "p_holm"] for key in raw] == pytest.approx(expected, abs=1e-4)
+    assert mious["resolved_holm"].tolist() == [value < 0.05 for value in mious["p_holm"]]
+    assert mious.loc[("b", "ce"), "resolved"] and mious.loc[("b", "ce"), "resolved_holm"]
 
 
 def test_per_class_lists_each_datasets_own_classes(tmp_path):
@@ -102,7 +151,7 @@ def test_per_class_lists_each_datasets_own_classes(tmp_path):
 
 
 def test_summary_without_the_baseline_is_an_error_not_nan_deltas():
-    runs = pd.DataFrame({"dataset": ["d", "d"], "method": ["ls", "pals"], "percent": [10, 10], "seed": [0, 0], "miou": [40.0, 41.0]})
+    runs = pd.DataFrame({"dataset": ["d", "d"], "method": ["ls", "pals"], "percent": [10, 10], "schedule": 1, "seed": [0, 0], "miou": [40.0, 41.0]})
     with pytest.raises(ValueError, match="no ce baseline"):
         summarise(runs, "miou")
 

@@ -30,6 +30,7 @@ LAUNCH = {"executor": "local", "workers": 2, "gpus_per_job": 0, "attempts": 3, "
 PARAMS = TINY_PARAMS | {
     "methods": TINY_PARAMS["methods"] | {"pals_uniform": {"loss": "pals_uniform", "alpha": 0.5, "T": 1.0}},
     "ablation": {"datasets": ["tiny-streets"], "methods": ["pals_uniform"], "percents": [50], "seeds": [0]},
+    "schedule": {"factor": 2, "datasets": ["tiny-streets"], "methods": ["ce"], "percents": [50], "seeds": [0]},
     "launch": LAUNCH,
 }
 ENV = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1"}
@@ -81,7 +82,7 @@ def test_parallel_jobs_record_what_a_serial_repro_records(tmp_path):
     watching.set()
     watcher.join()
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert "5 runs done and recorded" in launched.stdout
+    assert "6 runs done and recorded" in launched.stdout
     assert ["0", "1"] in devices  # two runs at once, on slots of their own
     assert threads == {"1"}
     assert all(len(moment) == len(set(moment)) and len(moment) <= 2 for moment in devices)
@@ -93,7 +94,7 @@ def test_parallel_jobs_record_what_a_serial_repro_records(tmp_path):
     assert "Data and pipelines are up to date." in command(parallel, "dvc", "status").stdout
 
     layout = Layout(".")
-    assert len(STAGES) == 5
+    assert len(STAGES) == 6
     for run, stage in STAGES.items():
         assert (parallel / layout.metrics(run)).read_bytes() == (serial / layout.metrics(run)).read_bytes()
         # the recorded weights, predictions and metrics; the CSV log also holds seconds per iteration
@@ -176,7 +177,7 @@ def test_a_killed_job_is_submitted_again_and_resumes_to_the_weights_of_an_uninte
     uninterrupted = torch.load(Layout(reference).model(run), weights_only=True)["model"]
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
-    assert "Data and pipelines are up to date." in command(workspace, "dvc", "status", "run", "run_ablation").stdout
+    assert "Data and pipelines are up to date." in command(workspace, "dvc", "status", "run", "run_ablation", "run_schedule").stdout
 
 
 def test_a_run_with_a_parameter_error_fails_once_and_names_its_log(tmp_path):
@@ -185,13 +186,13 @@ def test_a_run_with_a_parameter_error_fails_once_and_names_its_log(tmp_path):
     launched = command(workspace, "paper_repro", "launch")
     assert launched.returncode == 2
     [message] = launched.stderr.strip().splitlines()[-1:]
-    assert message.startswith("error: 5 of 5 runs failed: run@tiny-streets-ce-50-0 (exit status 2, log ")
+    assert message.startswith("error: 6 of 6 runs failed: run@tiny-streets-ce-50-0 (exit status 2, log ")
     state = json.loads((workspace / "launch/state.json").read_text())
     assert all(entry["state"] == "failed" and entry["attempt"] == 1 for entry in state.values())
     for entry in state.values():
         assert entry["log"] in message and "error: loss became" in Path(entry["log"]).read_text()
     status = command(workspace, "paper_repro", "launch", "--status").stdout
-    assert status.count(" failed ") == 5
+    assert status.count(" failed ") == 6
     assert not (workspace / "dvc.lock").exists() or not any(name.startswith("run") for name in lock_entries(workspace))
 
 
@@ -218,8 +219,8 @@ def test_slurm_jobs_carry_the_launch_parameters_and_are_never_submitted_twice(tm
 
     first = command(workspace, *arguments, env_extra=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "5 runs queued or running on SLURM" in first.stdout
-    assert len(calls.read_text().splitlines()) == 5
+    assert "6 runs queued or running on SLURM" in first.stdout
+    assert len(calls.read_text().splitlines()) == 6
     state = json.loads((workspace / "launch/state.json").read_text())
     run = Run("tiny-streets", "pals", 100, 0)
     stage = STAGES[run]
@@ -232,12 +233,15 @@ def test_slurm_jobs_carry_the_launch_parameters_and_are_never_submitted_twice(tm
     submission = pickle.loads((folder / f"{state[stage]['job']}_submitted.pkl").read_bytes())
     assert submission.args == (run_arguments(run), 2, str(workspace), 2)  # the job's threads: its CPUs
     assert run_arguments(run) == ["run", "--dataset", "tiny-streets", "--method", "pals", "--percent", "100", "--seed", "0"]
+    longer = Run("tiny-streets", "ce", 50, 0, 2)
+    assert STAGES[longer] == "run_schedule@tiny-streets-ce-50-0"
+    assert run_arguments(longer) == ["run", "--dataset", "tiny-streets", "--method", "ce", "--percent", "50", "--seed", "0", "--schedule", "2"]
 
     again = command(workspace, *arguments, env_extra=env)  # every job is still queued or running
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(calls.read_text().splitlines()) == 5
+    assert len(calls.read_text().splitlines()) == 6
     status = command(workspace, "paper_repro", "launch", "--status").stdout
-    assert status.count(" running ") == 5
+    assert status.count(" running ") == 6
 
 
 def test_a_second_launcher_fails_at_once_and_only_launch_parameters_may_be_overridden(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from paper_repro.metrics import (
+    boundary_band,
     calibration_bins,
     confusion_matrix,
     ece_from_bins,
@@ -89,3 +90,28 @@ def test_perfectly_confident_and_correct_is_calibrated():
     target = torch.tensor([[[0, 1, 2]]])
     probs = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).double()
     assert expected_calibration_error(probs, target) == 0.0
+
+
+def test_boundary_band_by_hand():
+    # labels (255 ignored at the bottom right)   band, width 1              band, width 2
+    # 0 0 0 1 1 1                                0 0 1 1 0 0                0 1 1 1 1 0
+    # 0 0 0 1 1 1                                0 0 1 1 0 0                1 1 1 1 1 1
+    # 0 0 0 1 1 1                                1 1 1 1 1 1                1 1 1 1 1 1
+    # 2 2 2 2 2 2                                1 1 1 1 1 1                1 1 1 1 1 1
+    # 2 2 2 2 2 255                              0 0 0 0 1 1                1 1 1 1 1 1
+    labels = torch.tensor([[0, 0, 0, 1, 1, 1]] * 3 + [[2] * 6, [2, 2, 2, 2, 2, 255]])[None]
+    one = torch.tensor([[0, 0, 1, 1, 0, 0]] * 2 + [[1] * 6] * 2 + [[0, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    two = torch.tensor([[0, 1, 1, 1, 1, 0]] + [[1] * 6] * 4, dtype=torch.bool)
+    assert torch.equal(boundary_band(labels, 1)[0], one)
+    assert torch.equal(boundary_band(labels, 2)[0], two)
+    assert not boundary_band(torch.zeros(1, 4, 4, dtype=torch.long), 1).any()  # one label, the border is no change
+
+
+def test_boundary_and_interior_confusion_matrices_add_up_to_the_whole():
+    generator = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (2, 9, 11), generator=generator).repeat_interleave(2, 1)
+    pred = torch.randint(0, 3, target.shape, generator=generator)
+    band = boundary_band(target, 2)
+    parts = [confusion_matrix(pred, torch.where(pixels, target, 255), 3) for pixels in (band, ~band)]
+    assert torch.equal(parts[0] + parts[1], confusion_matrix(pred, target, 3))
+    assert parts[0].sum() > 0 and parts[1].sum() >= 0

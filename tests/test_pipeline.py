@@ -94,9 +94,23 @@ def test_ablation_stages_run_the_study_stages_code():
         assert PIPELINE["run_ablation"][key] == PIPELINE["run"][key]
 
 
+def test_schedule_stages_run_the_study_stages_code_longer_into_the_layouts_paths():
+    """run_schedule is the run stage with --schedule: the same code, the factor as a parameter, and its
+    outputs where the layout puts a run of that schedule."""
+    study, longer = PIPELINE["run"], PIPELINE["run_schedule"]
+    assert longer["deps"] == study["deps"]
+    assert longer["cmd"] == study["cmd"] + " --schedule ${schedule.factor}"
+    assert longer["params"] == study["params"] + ["schedule.factor"]
+    factor, layout = 4, Layout(".")
+    run = Run(DATASET, RUN.method, RUN.percent, RUN.seed, factor)
+    expected = {layout.run_dir(run), layout.log(run), layout.predictions(run), layout.metrics(run)}
+    declared = {Path(str(path).replace("${schedule.factor}", str(factor))) for path in declared_outputs(longer)}
+    assert declared == expected
+
+
 def test_notebook_stages_declare_exactly_the_code_the_notebooks_load(tmp_path):
     """Each notebook stage's command, run on a copy of the committed results, with its kernel; with
-    ``MPLBACKEND=Agg`` set, every notebook that draws a figure still shows it."""
+    ``MPLBACKEND=Agg`` set, every figure a notebook saves is also shown."""
     for folder in ("results", "notebooks_src"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
@@ -105,8 +119,9 @@ def test_notebook_stages_declare_exactly_the_code_the_notebooks_load(tmp_path):
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
     stage = PIPELINE["notebooks"]
-    declared, used = code_files(stage["do"]["deps"]), set()
+    declared, used, figures = code_files(stage["do"]["deps"]), set(), 0
     for name in stage["foreach"]:
+        shutil.rmtree(tmp_path / Layout(".").figure(name, "any").parent, ignore_errors=True)  # what this execution saves
         log = tmp_path / f"{name}.modules"
         log.touch()
         run_logged(stage["do"]["cmd"].replace("${item}", name), tmp_path, log, hook, {"MPLBACKEND": "Agg"})
@@ -115,17 +130,19 @@ def test_notebook_stages_declare_exactly_the_code_the_notebooks_load(tmp_path):
         assert sorted(loaded - declared) == [], f"notebook {name} loads code the notebooks stage does not declare"
         used |= loaded
         executed = json.loads((tmp_path / Layout(".").notebook(name)).read_text())
-        for cell in executed["cells"]:
-            if cell["cell_type"] == "code" and "save_figure(" in "".join(cell["source"]):
-                assert any("image/png" in output.get("data", {}) for output in cell["outputs"]), f"{name}: a figure is not shown"
+        shown = sum("image/png" in output.get("data", {}) for cell in executed["cells"] if cell["cell_type"] == "code" for output in cell["outputs"])
+        saved = list((tmp_path / Layout(".").figure(name, "any").parent).glob("*.png"))
+        assert shown == len(saved), f"{name}: it saved {len(saved)} figures and shows {shown}"
+        figures += len(saved)
     assert sorted(declared - used) == [], "the notebooks stage declares code no notebook loads"
+    assert figures >= 10  # the notebooks draw their figures from the committed results
 
 
 def expected_outputs(stage: str, layout: Layout) -> set[Path]:
     """Where the layout says each stage writes, for the test's run."""
     dataset, run = RUN.dataset, RUN
     return {
-        "generate": {layout.data(dataset), layout.data_summary(dataset), layout.samples(dataset)},
+        "generate": {layout.data(dataset), layout.data_summary(dataset), layout.class_geometry(dataset), layout.samples(dataset)},
         "pretrain": {layout.pretrained_backbone(), layout.pretrain_log(), layout.pretrain_metrics()},
         "subsets": {layout.manifests(dataset), layout.coverage(dataset)},
         "run": {layout.run_dir(run), layout.log(run), layout.predictions(run), layout.metrics(run)},
@@ -202,3 +219,17 @@ def test_for_a_real_dataset_no_run_depends_on_the_generator_or_the_pretraining(t
         source.write_text(original + "# an edit\n")
         assert set(json.loads(dvc("status", "--json"))) == expected, module
         source.write_text(original)
+
+
+def test_notebooks_say_whether_dvc_lock_records_the_tables_as_made_with_these_parameters(tmp_path):
+    from paper_repro.notebook import tables_record
+
+    params = {"study": {"seeds": [0, 1]}, "schedule": {"factor": 4}, "train": {"iterations": 5}}
+    assert tables_record(tmp_path, params) == "tables: no dvc.lock beside them records which parameters made them"
+    lock = {"schema": "2.0", "stages": {"report": {"cmd": "python -m paper_repro report",
+                                                    "params": {"params.yaml": {"study": {"seeds": [0, 1]}, "schedule": {"factor": 4}}}}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert tables_record(tmp_path, params) == "tables: made with these schedule, study parameters (dvc.lock)"
+    assert tables_record(tmp_path, params | {"train": {"iterations": 6}}).startswith("tables: made with these")  # not the report's
+    changed = tables_record(tmp_path, params | {"study": {"seeds": [0, 1, 2]}, "ablation": {"seeds": [0]}})
+    assert changed.startswith("tables: made with other ablation, study parameters than these (dvc.lock)")
