@@ -26,7 +26,8 @@ from .settings import ABLATED, BASELINE, EvaluateSettings, Settings
 
 log = logging.getLogger(__name__)
 GROUP = ["dataset", "method", "percent", "schedule"]
-PAIRING = ["dataset", "percent", "schedule", "seed"]  # what a method's run shares with its reference's run
+CELL = ["dataset", "percent", "schedule"]  # where methods are compared
+PAIRING = [*CELL, "seed"]  # what a method's run shares with its reference's run
 LEVEL = 0.95
 
 
@@ -56,8 +57,8 @@ def summarise(runs: pd.DataFrame, column: str) -> pd.DataFrame:
         raise ValueError(f"the runs hold no {BASELINE} baseline to measure differences against (methods: {sorted(set(runs['method']))})")
     table = runs.groupby(GROUP, sort=False)[column].agg(["mean", "std", "count"]).reset_index()
     table.columns = GROUP + [f"{column}_mean", f"{column}_std", "n"]
-    baseline = table[table["method"] == BASELINE].set_index(["dataset", "percent", "schedule"])[f"{column}_mean"]
-    keys = pd.MultiIndex.from_frame(table[["dataset", "percent", "schedule"]])
+    baseline = table[table["method"] == BASELINE].set_index(CELL)[f"{column}_mean"]
+    keys = pd.MultiIndex.from_frame(table[CELL])
     table[f"{column}_delta_vs_ce"] = table[f"{column}_mean"].to_numpy() - baseline.reindex(keys).to_numpy()
     return table.round(4)
 
