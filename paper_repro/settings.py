@@ -240,6 +240,7 @@ class EvaluateSettings:
     boundary_width: int = 2  # the boundary band: labelled pixels within this many pixels of a label change
     scales: tuple[float, ...] = (1.0,)  # the softmax is averaged over the image resized by each (docs/method.md, section 6)
     flip: bool = False  # and over each scale's horizontal mirror
+    batch_size: int = 1  # evaluation images per forward pass (consecutive images of one size); it changes only the probabilities' last bits
 
     REGIONS = ("boundary", "interior")  # scored apart: the boundary band (metrics.boundary_band) and its complement
 
@@ -373,7 +374,8 @@ def resolve(params: dict, source: str) -> Settings:
     evaluate = EvaluateSettings(top.get("evaluate.figure_images", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
                                 top.get("evaluate.calibration_bins", positive_int, "a positive integer"),
                                 top.get("evaluate.boundary_width", positive_int, "a positive integer"),
-                                tuple(float(s) for s in scales), top.get("evaluate.flip", lambda v: isinstance(v, bool), "true or false"))
+                                tuple(float(s) for s in scales), top.get("evaluate.flip", lambda v: isinstance(v, bool), "true or false"),
+                                top.get("evaluate.batch_size", positive_int, "a positive integer"))
     settings = Settings(study, datasets, methods, model, train, evaluate, read_pretrain(top.section("pretrain")),
                         read_explain(top, study, methods), read_ablation(top, study, methods_tree) if "ablation" in params else None,
                         read_schedule(top, study) if "schedule" in params else None)

@@ -84,6 +84,7 @@ def test_overrides_are_parsed_as_yaml_and_must_name_known_keys():
          "datasets.tiny-streets.generate.depth: unknown argument"),
         ("evaluate.figure_images=-1", "evaluate.figure_images must be a non-negative integer, got -1"),
         ("evaluate.calibration_bins=0", "evaluate.calibration_bins must be a positive integer, got 0"),
+        ("evaluate.batch_size=0", "evaluate.batch_size must be a positive integer, got 0"),
         # the explanation figure's run must be a PALS run of the study
         ("explain.percent=30", "explain.percent must be one of study.percents [50, 100], got 30"),
         ("explain.seed=3", "explain.seed must be one of study.seeds [0], got 3"),

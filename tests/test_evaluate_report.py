@@ -11,6 +11,7 @@ from PIL import Image
 from conftest import run_cli
 from paper_repro.data.cityscapes import CityscapesSegmentation
 from paper_repro.data.transforms import eval_transforms
+from paper_repro.evaluate import equal_size_batches
 from paper_repro.explain import query_pixels
 from paper_repro.models import build_model
 from paper_repro.layout import Layout, Run
@@ -70,6 +71,17 @@ def test_evaluation_matches_an_independent_recomputation(tiny_workspace):
     assert [p.stem for p in saved] == data.ids[:2]  # the first figure_images ids
     for path in saved:
         assert np.array_equal(np.asarray(Image.open(path)), predictions[path.stem])
+
+
+def test_evaluation_batches_keep_order_and_break_where_the_image_size_changes():
+    sizes = [(4, 6), (4, 6), (4, 6), (5, 6), (4, 6), (4, 6)]
+    samples = [(torch.full((3, *size), float(index)), torch.full(size, index)) for index, size in enumerate(sizes)]
+    batches = list(equal_size_batches(samples, batch_size=2))
+    assert [indices for indices, _, _ in batches] == [[0, 1], [2], [3], [4, 5]]
+    for indices, images, masks in batches:
+        assert images.shape[0] == masks.shape[0] == len(indices)
+        assert [int(image[0, 0, 0]) for image in images] == indices and [int(mask[0, 0]) for mask in masks] == indices
+    assert [indices for indices, _, _ in equal_size_batches(samples, batch_size=1)] == [[i] for i in range(6)]
 
 
 def test_summary_statistics_by_hand():
