@@ -38,6 +38,7 @@ def test_real_presets_use_the_paper_scale_model_and_real_data():
         assert not settings.model.loads_pretrain_stage
         [dataset] = settings.study.datasets
         assert settings.datasets[dataset].kind == kind and not settings.datasets[dataset].generate
+        assert settings.evaluate.batch_size == 1  # full-resolution images, one per forward pass
 
 
 def test_overrides_are_parsed_as_yaml_and_must_name_known_keys():
