@@ -2,8 +2,8 @@
 
 Stages, in data-flow order: ``generate`` (write the synthetic tree, or check a real one),
 ``subsets`` (nested label-percent manifests and their class coverage), ``pretrain`` (the
-small backbone's weights), ``run`` (one run of the study: ``train``, then ``evaluate``, which
-also exist on their own), ``report`` (tables over all runs) and ``explain`` (PALS at a few
+small backbone's weights), ``runs`` (every run on one dataset, each ``run``: ``train``, then
+``evaluate``, which also exist on their own), ``report`` (tables over all runs) and ``explain`` (PALS at a few
 pixels, for the explanation figure); ``bench`` measures speed and memory, ``launch`` runs the
 study's runs as parallel jobs, ``preset`` writes a preset's effective parameters into
 ``params.yaml``, ``predict`` runs a trained model on any images or writes a test-server
@@ -51,6 +51,7 @@ STAGES = {
     "train": Stage("train", "train", "run", "train one run (dataset, method, percent, seed), resuming from its last checkpoint"),
     "evaluate": Stage("evaluate", "evaluate", "run", "evaluate one trained run on the full-resolution evaluation split"),
     "run": Stage("run", "run", "run", "train one run (resuming from its last checkpoint), then evaluate it: one run of the study"),
+    "runs": Stage("run", "run_dataset", "dataset", "run every run on one dataset (study, sweep, schedule sensitivity), train.runs_at_once at a time"),
     "report": Stage("report", "report", None, "summarise all runs into tables (mean, std, n, delta vs ce)"),
     "explain": Stage("explain", "explain", "dataset", "save the affinity maps and targets of the run named by explain: at a few pixels of one image"),
     "notebook": Stage("notebook", "execute", "notebook", "execute one notebook of notebooks_src/ into notebooks/, written only once every cell has run"),
@@ -60,6 +61,7 @@ STAGES = {
     "predict": Stage("predict", "predict", "predict", "predict with a trained run on any images, or write a split's test-server submission", False),
     "compare": Stage("compare", "compare", "compare", "compare every run's mIoU and every verdict with another copy of the study's results", False),
 }
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 OUTPUT_NEUTRAL = tuple(f"train.{key}" for key in TrainSettings.RESUMABLE_ACROSS)  # overrides that change no output
 
 
@@ -187,11 +189,11 @@ USER_ERRORS = (UserError, FileNotFoundError, PermissionError)
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         call_stage(args)
     except KeyboardInterrupt:
-        again = "resume from the last checkpoint" if args.stage in ("train", "run") else "start the stage again"
+        again = "resume from the last checkpoint" if args.stage in ("train", "run", "runs") else "start the stage again"
         print(f"interrupted: nothing half-written was kept; run the same command again to {again}", file=sys.stderr)
         return 130
     except USER_ERRORS as error:

@@ -1,11 +1,12 @@
 """``python -m paper_repro launch``: the study's runs as parallel jobs, recorded in DVC.
 
-Each run is one ``run@...``, ``run_ablation@...`` or ``run_schedule@...`` stage of ``dvc.yaml``
-(train, then evaluate, ``paper_repro/run.py``). The launcher
+Each run (train, then evaluate, ``paper_repro/run.py``) belongs to its dataset's ``runs@<dataset>``
+stage of ``dvc.yaml``, which a ``dvc repro`` runs on one machine. The launcher
 
 1. brings the runs' inputs up to date with ``dvc repro generate subsets pretrain``;
-2. takes the runs whose outputs ``dvc status`` reports missing or stale;
-3. submits each as one submitit job running ``python -m paper_repro run ...`` (under ``torchrun``
+2. takes the runs of every dataset whose ``runs`` stage ``dvc status`` reports missing or stale
+   (the runs the change leaves as they were resume at their end and are only evaluated again);
+3. submits each run as one submitit job running ``python -m paper_repro run ...`` (under ``torchrun``
    when ``launch.gpus_per_job`` > 1): with ``launch.executor: local`` at most ``launch.workers``
    at once on this machine, each on GPUs of its own and with its share of the CPU threads
    (``runtime.threads_per_job``); with ``slurm`` all at once via ``sbatch``;
@@ -13,8 +14,9 @@ Each run is one ``run@...``, ``run_ablation@...`` or ``run_schedule@...`` stage 
    kill, a preemption or a crash. The run resumes from its checkpoint. After
    ``launch.attempts`` tries in all, or at once for exit status 2 (bad data or parameters), the
    run is failed and its log named;
-5. records each finished run with ``dvc commit``, so that a final ``dvc repro`` runs only
-   ``report``, ``explain`` and the notebooks.
+5. records a dataset's stage with ``dvc commit`` once all its runs are done (after removing what
+   runs the parameters no longer name left in its run folders), so that a final ``dvc repro`` runs
+   only ``report``, ``explain`` and the notebooks.
 
 Jobs' logs and the launcher's state lie under ``launch.folder``: ``<dataset>/<run>/`` per run
 (submitit's ``<job>_0_log.out`` and ``.err``) and ``state.json``. One launcher drives a folder at
@@ -40,7 +42,8 @@ from tqdm.auto import tqdm
 
 from .atomic import exclusive_lock, write_json
 from .errors import LaunchError, ParamsError
-from .layout import Run
+from .layout import Layout, Run
+from .run import remove_stale_runs
 from .runtime import threads_per_job
 from .settings import Settings
 
@@ -53,13 +56,14 @@ LOCAL_TIMEOUT_MINUTES = 7 * 24 * 60  # submitit's local jobs are killed after th
 
 
 def stages_of(settings: Settings) -> dict[Run, str]:
-    """Every run of the study, the ablation and the schedule sensitivity, in the matrix's order, with its
-    stage in ``dvc.yaml`` (``run@synthetic-cityscapes-pals-10-0``, ``run_ablation@...``, ``run_schedule@...``:
-    a matrix stage's name holds its matrix values, not the schedule factor)."""
-    stages = {run: "run" for run in settings.study.runs()}
-    for stage, extra in (("run_ablation", settings.ablation), ("run_schedule", settings.schedule)):
-        stages |= {run: stage for run in (extra.runs() if extra else [])}
-    return {run: f"{stage}@{run.dataset}-{run.method}-{run.percent}-{run.seed}" for run, stage in stages.items()}
+    """Every run of the study, the ablation and the schedule sensitivity, in that order, with its
+    stage in ``dvc.yaml``: its dataset's ``runs@synthetic-cityscapes``."""
+    return {run: f"runs@{run.dataset}" for run in settings.runs()}
+
+
+def run_key(run: Run) -> str:
+    """A run's name in the launcher's state, table and job folders: ``synthetic-cityscapes/pals-10-0``."""
+    return f"{run.dataset}/{run.name}"
 
 
 def run_arguments(run: Run) -> list[str]:
@@ -91,7 +95,7 @@ def dvc(*arguments: str) -> str:
 
 def stale_runs(stages: dict[Run, str]) -> list[Run]:
     """The runs whose stage ``dvc status`` reports changed: outputs missing, or inputs changed since they ran."""
-    changed = json.loads(dvc("status", "--json", *sorted({stage.split("@")[0] for stage in stages.values()})) or "{}")
+    changed = json.loads(dvc("status", "--json", *sorted(set(stages.values()))) or "{}")
     return [run for run, stage in stages.items() if stage in changed]
 
 
@@ -112,7 +116,8 @@ class Launcher:
         if study.launch is None:
             raise ParamsError("params.yaml: no launch: section (see the one in the repository's params.yaml)")
         self.settings = study.launch
-        self.stages = stages_of(study)  # run -> its stage in dvc.yaml, the key of its state
+        self.study = study
+        self.stages = stages_of(study)  # run -> its stage in dvc.yaml
         self.folder = Path(self.settings.folder)
         self.state_path = self.folder / "state.json"
         self.state: dict[str, dict] = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
@@ -128,7 +133,7 @@ class Launcher:
         self.threads = threads_per_job(workers) if local else self.settings.slurm.cpus_per_job
 
     def run_folder(self, run: Run) -> Path:
-        return self.folder / run.dataset / run.name
+        return self.folder / run_key(run)
 
     def executor(self, run: Run, gpus: tuple[int, ...]) -> submitit.Executor:
         settings = self.settings
@@ -138,7 +143,7 @@ class Launcher:
             return executor
         slurm = settings.slurm
         executor = submitit.SlurmExecutor(self.run_folder(run), max_num_timeout=settings.attempts)
-        options = {"job_name": self.stages[run], "time": slurm.time_minutes, "nodes": 1, "ntasks_per_node": 1,
+        options = {"job_name": run_key(run), "time": slurm.time_minutes, "nodes": 1, "ntasks_per_node": 1,
                    "cpus_per_task": slurm.cpus_per_job, "mem": f"{slurm.mem_gb}GB", "setup": list(slurm.setup)}
         if settings.gpus_per_job:
             options["gpus_per_node"] = settings.gpus_per_job
@@ -149,19 +154,18 @@ class Launcher:
 
     def job(self, run: Run) -> submitit.Job:
         """The recorded job of ``run`` (SLURM: its state survives the launcher)."""
-        return submitit.SlurmJob(self.run_folder(run), self.state[self.stages[run]]["job"])
+        return submitit.SlurmJob(self.run_folder(run), self.state[run_key(run)]["job"])
 
     def record(self, run: Run, **entry) -> None:
-        stage = self.stages[run]
-        self.state[stage] = self.state.get(stage, {}) | entry
+        key = run_key(run)
+        self.state[key] = self.state.get(key, {}) | entry
         write_json(self.state, self.state_path)
 
     def submit(self, run: Run, gpus: tuple[int, ...]) -> submitit.Job:
-        stage = self.stages[run]
-        attempt = self.state[stage]["attempt"] + 1
+        attempt = self.state[run_key(run)]["attempt"] + 1
         job = self.executor(run, gpus).submit(RunJob(), run_arguments(run), self.settings.gpus_per_job, str(Path.cwd()), self.threads)
         self.record(run, state="running", job=job.job_id, attempt=attempt, log=str(job.paths.stderr))
-        log.info("%s: job %s (attempt %d of %d, %d thread(s)); log %s", stage, job.job_id, attempt, self.settings.attempts,
+        log.info("%s: job %s (attempt %d of %d, %d thread(s)); log %s", run_key(run), job.job_id, attempt, self.settings.attempts,
                  self.threads, job.paths.stderr)
         return job
 
@@ -169,7 +173,7 @@ class Launcher:
         """``done``, ``retry`` or ``failed``, recorded with the exit status or the job's error."""
         error = job.exception()
         status = None if error is not None else job.result()
-        entry = self.state[self.stages[run]]
+        entry = self.state[run_key(run)]
         if status == 0:
             verdict = "done"
         elif status == USER_ERROR or entry["attempt"] >= self.settings.attempts:
@@ -179,7 +183,7 @@ class Launcher:
         reason = f"exit status {status}" if error is None else str(error).strip().splitlines()[0]
         self.record(run, state="running" if verdict == "retry" else verdict, reason=None if status == 0 else reason)
         if verdict != "done":
-            log.warning("%s: %s (%s); log %s", self.stages[run], "submitting again" if verdict == "retry" else "failed", reason, entry["log"])
+            log.warning("%s: %s (%s); log %s", run_key(run), "submitting again" if verdict == "retry" else "failed", reason, entry["log"])
         return verdict
 
     def launch(self, wait: bool) -> None:
@@ -195,14 +199,16 @@ class Launcher:
         running: dict[Run, tuple[submitit.Job, int | None]] = {}  # run -> (job, its local slot)
         queue = []
         for run in runs:  # a SLURM job recorded as running is watched (or its end taken), never submitted twice
-            if not local and self.state.get(self.stages[run], {}).get("state") == "running":
+            if not local and self.state.get(run_key(run), {}).get("state") == "running":
                 running[run] = (self.job(run), None)
             else:
                 self.record(run, state="pending", attempt=0, reason=None)
                 queue.append(run)
         capacity = len(self.slots) if local else len(runs)
         progress = tqdm(total=len(runs), desc="runs", unit="run")
-        failed = []
+        failed, unfinished = [], {}  # stage -> its runs not done yet
+        for run in runs:
+            unfinished.setdefault(self.stages[run], set()).add(run)
         while queue or running:
             busy = {slot for _, slot in running.values()}
             free = [slot for slot in range(len(self.slots)) if slot not in busy] if local else [None] * len(queue)
@@ -224,14 +230,21 @@ class Launcher:
                     continue
                 progress.update()
                 (finished if verdict == "done" else failed).append(run)
-            if finished:
-                dvc("commit", "--force", *[self.stages[run] for run in finished])
-                log.info("recorded in dvc.lock: %s", ", ".join(self.stages[run] for run in finished))
+            complete = {}  # stage -> its dataset, for the stages whose last run just finished
+            for run in finished:
+                unfinished[self.stages[run]].discard(run)
+                if not unfinished[self.stages[run]]:
+                    complete[self.stages[run]] = run.dataset
+            for dataset in complete.values():
+                remove_stale_runs(Layout(), dataset, self.study.runs(dataset))
+            if complete:
+                dvc("commit", "--force", *complete)
+                log.info("recorded in dvc.lock: %s", ", ".join(complete))
             time.sleep(POLL_SECONDS if running else 0)
         progress.close()
         failed = [run for run in runs if run in failed]  # in the matrix's order
         if failed:
-            described = [f"{self.stages[run]} ({self.state[self.stages[run]]['reason']}, log {self.state[self.stages[run]]['log']})" for run in failed]
+            described = [f"{run_key(run)} ({self.state[run_key(run)]['reason']}, log {self.state[run_key(run)]['log']})" for run in failed]
             raise LaunchError(f"{len(failed)} of {len(runs)} runs failed: " + "; ".join(described))
         print(f"{len(runs)} runs done and recorded; `dvc repro` now runs what follows them (report, explain, notebooks)")
 
@@ -239,10 +252,10 @@ class Launcher:
         """pending / running / done / failed per run, with its attempts, job and log."""
         stale = set(stale_runs(self.stages))
         rows = []
-        for run, stage in self.stages.items():
-            entry = self.state.get(stage, {})
+        for run in self.stages:
+            entry = self.state.get(run_key(run), {})
             state = "done" if run not in stale else entry.get("state") if entry.get("state") in ("running", "failed") else "pending"
-            rows.append({"run": stage, "state": state,
+            rows.append({"run": run_key(run), "state": state,
                          "attempts": entry.get("attempt", 0), "job": entry.get("job", ""), "log": entry.get("log", ""),
                          "reason": entry.get("reason") or ""})
         return pd.DataFrame(rows)

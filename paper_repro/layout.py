@@ -4,7 +4,8 @@ Paths are relative to a repository root (``Layout(".")`` for the stages, which r
 root as ``dvc.yaml`` runs them; ``Layout("..")`` for the notebooks, which run in
 ``notebooks/``). ``dvc.yaml`` declares the same paths, and ``tests/test_pipeline.py`` checks
 that it does. A run is one (dataset, method, label percent, seed) of the study, at the dataset's
-schedule or at a multiple of it.
+schedule or at a multiple of it. Every file of a run lies in one of its dataset's four run
+folders (:meth:`Layout.run_folders`), the outputs of the dataset's ``runs`` stage.
 """
 
 from __future__ import annotations
@@ -81,10 +82,19 @@ class Layout:
         """Held-out mean average precision of the source task."""
         return self.results / "pretrain" / "metrics.json"
 
-    # train
+    # train and evaluate: the runs stage
+    def run_folders(self, dataset: str) -> tuple[Path, Path, Path, Path]:
+        """The folders every run on ``dataset`` writes into: run folders, logs, metrics, predictions."""
+        return (self.root / "runs" / dataset, self.results / "logs" / dataset, self.results / "metrics" / dataset,
+                self.results / "predictions" / dataset)
+
+    def run_files(self, run: Run) -> set[Path]:
+        """What one run writes in its dataset's run folders."""
+        return {self.run_dir(run), self.run_lock(run), self.log(run), self.metrics(run), self.predictions(run)}
+
     def run_dir(self, run: Run) -> Path:
         """``checkpoint.pt`` (for resuming) and ``model.pt`` (the final weights)."""
-        return self.root / "runs" / run.dataset / run.name
+        return self.run_folders(run.dataset)[0] / run.name
 
     def checkpoint(self, run: Run) -> Path:
         return self.run_dir(run) / "checkpoint.pt"
@@ -93,20 +103,20 @@ class Layout:
         return self.run_dir(run) / "model.pt"
 
     def run_lock(self, run: Run) -> Path:
-        """Held while the run trains; beside the run folder, so that it is no part of the run's output."""
+        """Held while the run trains; beside the run folder, not in it (emptied when released)."""
         return self.run_dir(run).with_name(f".{run.name}.lock")
 
     def log(self, run: Run) -> Path:
         """Per-iteration loss, learning rate and timings."""
-        return self.results / "logs" / run.dataset / f"{run.name}.csv"
+        return self.run_folders(run.dataset)[1] / f"{run.name}.csv"
 
     # evaluate
     def metrics(self, run: Run) -> Path:
-        return self.results / "metrics" / run.dataset / f"{run.name}.json"
+        return self.run_folders(run.dataset)[2] / f"{run.name}.json"
 
     def predictions(self, run: Run) -> Path:
         """Predicted train-id PNGs of the figure images."""
-        return self.results / "predictions" / run.dataset / run.name
+        return self.run_folders(run.dataset)[3] / run.name
 
     def prediction(self, run: Run, image_id: str) -> Path:
         return self.predictions(run) / f"{image_id}.png"

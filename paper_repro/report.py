@@ -34,7 +34,7 @@ LEVEL = 0.95
 def read_metrics(run: Run, layout: Layout) -> dict:
     path = layout.metrics(run)
     if not path.is_file():
-        raise FileNotFoundError(f"missing metrics {path}; run its run stage (train, then evaluate) first")
+        raise FileNotFoundError(f"missing metrics {path}; run its dataset's runs stage (train, then evaluate) first")
     return json.loads(path.read_text())
 
 

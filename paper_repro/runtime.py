@@ -3,8 +3,8 @@ autocast and the allocator. The one place each of these is decided.
 
 Threads: PyTorch uses every core by default, which is right for one process alone and wrong for
 several at once (two 2-thread processes on 2 cores together run 2.7x slower than one). The
-``launch`` command gives each of its concurrent jobs ``thread_budget() // jobs`` threads through
-``OMP_NUM_THREADS``; a stage run alone keeps all cores. On the CPU the thread count changes a
+``runs`` stage's worker processes and the ``launch`` command's concurrent jobs each get
+``thread_budget() // jobs`` threads through ``OMP_NUM_THREADS``; any other stage keeps all cores. On the CPU the thread count changes a
 run's last bits (reductions are split differently), so every training run logs it per iteration.
 """
 

@@ -224,9 +224,11 @@ class TrainSettings(Optimisation):
     workers: int
     cache_decoded: bool
     amp: str
+    runs_at_once: int  # runs of one dataset the `runs` stage trains at once, each with its share of the threads
 
-    # How batches are loaded and how often they are saved: a run may resume with other values of them.
-    RESUMABLE_ACROSS = ("workers", "cache_decoded", "checkpoint_every")
+    # How batches are loaded, how often they are saved and how many runs share the machine: a run may
+    # resume with other values of them (the thread count they imply changes the CPU's last bits only).
+    RESUMABLE_ACROSS = ("workers", "cache_decoded", "checkpoint_every", "runs_at_once")
 
     def defining_weights(self) -> dict:
         """The settings a run's weights are a function of (a checkpoint resumes only if they match)."""
@@ -347,6 +349,11 @@ class Settings:
         train = replace(self.train, **self.dataset(dataset).train)
         return replace(train, iterations=train.iterations * schedule)
 
+    def runs(self, dataset: str | None = None) -> list[Run]:
+        """Every run of the study, the sweep and the schedule sensitivity (those on ``dataset`` if given), in that order."""
+        every = self.study.runs() + [run for extra in (self.ablation, self.schedule) if extra for run in extra.runs()]
+        return [run for run in every if dataset in (None, run.dataset)]
+
     def run(self, run: Run) -> RunSettings:
         return RunSettings(run, self.dataset(run.dataset), self.loss(run.method), self.model, self.train_of(run.dataset, run.schedule),
                            self.evaluate)
@@ -449,7 +456,8 @@ def read_train(section: Section) -> TrainSettings:
         checkpoint_every=section.get("checkpoint_every", positive_int, "a positive integer"),
         workers=section.get("workers", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
         cache_decoded=section.get("cache_decoded", lambda v: isinstance(v, bool), "true or false"),
-        amp=section.get("amp", lambda v: v in AMP, f"one of {', '.join(AMP)}"))
+        amp=section.get("amp", lambda v: v in AMP, f"one of {', '.join(AMP)}"),
+        runs_at_once=section.get("runs_at_once", positive_int, "a positive integer"))
 
 
 def read_pretrain(section: Section) -> PretrainSettings:

@@ -26,7 +26,8 @@ TINY_PARAMS = {
                  "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0001, "poly_power": 0.9},
     "model": {"name": "deeplabv3plus_small", "pretrained_backbone": False},
     "train": {"iterations": 6, "batch_size": 2, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0001,
-              "poly_power": 0.9, "checkpoint_every": 2, "workers": 0, "cache_decoded": True, "amp": "off"},
+              "poly_power": 0.9, "checkpoint_every": 2, "workers": 0, "cache_decoded": True, "amp": "off",
+              "runs_at_once": 2},
     "evaluate": {"figure_images": 2, "calibration_bins": 15, "boundary_width": 2, "scales": [1.0], "flip": False, "batch_size": 2},
 }
 

@@ -57,7 +57,7 @@ def test_compare_names_a_reference_without_the_runs(tmp_path):
     result = run_cli(tmp_path, "compare", str(tmp_path / "elsewhere"))
     assert result.returncode == 2
     assert result.stderr.strip() == (f"error: missing metrics {tmp_path / 'elsewhere/results/metrics/tiny-streets/ce-50-0.json'}; "
-                                      "run its run stage (train, then evaluate) first")
+                                      "run its dataset's runs stage (train, then evaluate) first")
 
 
 def test_report_sets_the_longer_schedule_beside_the_study_runs(tmp_path):

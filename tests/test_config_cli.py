@@ -249,12 +249,16 @@ def test_dvc_pipeline_expands_to_the_full_study():
     names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
     settings = load_settings(ROOT / "params.yaml")
     study = settings.study
-    assert sum(name.startswith("run@") for name in names) == len(study.datasets) * len(study.methods) * len(study.percents) * len(study.seeds)
-    assert "run@synthetic-cityscapes-pals-10-0" in names and "report" in names
-    # the launcher's runs are exactly DVC's run and run_ablation stages, by name
+    assert sorted(name for name in names if name.startswith("run")) == sorted(f"runs@{dataset}" for dataset in study.datasets)
+    assert "report" in names
+    # the launcher's runs are those of the study's grid, the sweep and the schedule sensitivity, each in its dataset's stage
     from paper_repro.launch import stages_of
 
-    assert sorted(stages_of(settings).values()) == sorted(name for name in names if name.startswith("run"))
+    stages = stages_of(settings)
+    grids = [study, settings.ablation, settings.schedule]
+    assert len(stages) == sum(len(grid.datasets) * len(grid.methods) * len(grid.percents) * len(grid.seeds) for grid in grids)
+    assert all(stage == f"runs@{run.dataset}" for run, stage in stages.items())
+    assert Run("synthetic-cityscapes", "pals", 10, 0) in stages and Run("synthetic-cityscapes", "ce", 30, 1, 2) in stages
 
 
 @pytest.mark.parametrize("path", PARAMETER_FILES, ids=lambda p: p.name)

@@ -21,7 +21,7 @@ import yaml
 
 from conftest import ROOT, TINY_PARAMS
 from paper_repro.atomic import exclusive_lock
-from paper_repro.launch import run_arguments, stages_of
+from paper_repro.launch import run_arguments, run_key, stages_of
 from paper_repro.layout import Layout, Run
 from paper_repro.settings import resolve
 
@@ -94,23 +94,23 @@ def test_parallel_jobs_record_what_a_serial_repro_records(tmp_path):
     assert "Data and pipelines are up to date." in command(parallel, "dvc", "status").stdout
 
     layout = Layout(".")
-    assert len(STAGES) == 6
-    for run, stage in STAGES.items():
+    assert len(STAGES) == 6 and set(STAGES.values()) == {"runs@tiny-streets"}
+    for run in STAGES:
         assert (parallel / layout.metrics(run)).read_bytes() == (serial / layout.metrics(run)).read_bytes()
-        # the recorded weights, predictions and metrics; the CSV log also holds seconds per iteration
-        outputs = [{entry["path"]: entry for entry in lock_entries(study)[stage]["outs"]} for study in (parallel, serial)]
-        timed = str(layout.log(run))
-        assert outputs[0].keys() == outputs[1].keys() and timed in outputs[0]
-        assert all(outputs[0][path] == outputs[1][path] for path in outputs[0] if path != timed)
-        logs = [pd.read_csv(study / timed) for study in (parallel, serial)]
+        logs = [pd.read_csv(study / layout.log(run)) for study in (parallel, serial)]
         pd.testing.assert_frame_equal(*(log[["iteration", "loss", "lr", "threads"]] for log in logs))
         assert set(logs[0]["threads"]) == {1}
+    # the recorded weights, predictions and metrics; the CSV logs also hold seconds per iteration
+    outputs = [{entry["path"]: entry for entry in lock_entries(study)["runs@tiny-streets"]["outs"]} for study in (parallel, serial)]
+    timed = str(layout.run_folders("tiny-streets")[1])
+    assert outputs[0].keys() == outputs[1].keys() == {str(folder) for folder in layout.run_folders("tiny-streets")}
+    assert all(outputs[0][path] == outputs[1][path] for path in outputs[0] if path != timed)
     assert (parallel / layout.table("main")).read_bytes() == (serial / layout.table("main")).read_bytes()
 
     status = command(parallel, "paper_repro", "launch", "--status")
     assert status.returncode == 0
     rows = [line.split() for line in status.stdout.splitlines()[1:]]
-    assert sorted(row[0] for row in rows) == sorted(STAGES.values())
+    assert sorted(row[0] for row in rows) == sorted(run_key(run) for run in STAGES)
     assert all(row[1:3] == ["done", "1"] for row in rows)
 
 
@@ -161,10 +161,10 @@ def test_a_killed_job_is_submitted_again_and_resumes_to_the_weights_of_an_uninte
     assert killed and killed[0] < 150, "the training was not killed mid-run"
 
     state = json.loads((workspace / "launch/state.json").read_text())
-    stage = stages_of(resolve(params, "launch test parameters"))[run]
-    assert state[stage]["attempt"] == 2 and state[stage]["state"] == "done"
-    assert all(entry["attempt"] == 1 for name, entry in state.items() if name != stage)
-    assert "resuming" in Path(state[stage]["log"]).read_text()
+    key = run_key(run)
+    assert state[key]["attempt"] == 2 and state[key]["state"] == "done"
+    assert all(entry["attempt"] == 1 for name, entry in state.items() if name != key)
+    assert "resuming" in Path(state[key]["log"]).read_text()
 
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -177,7 +177,7 @@ def test_a_killed_job_is_submitted_again_and_resumes_to_the_weights_of_an_uninte
     uninterrupted = torch.load(Layout(reference).model(run), weights_only=True)["model"]
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
-    assert "Data and pipelines are up to date." in command(workspace, "dvc", "status", "run", "run_ablation", "run_schedule").stdout
+    assert "Data and pipelines are up to date." in command(workspace, "dvc", "status", "runs").stdout
 
 
 def test_a_run_with_a_parameter_error_fails_once_and_names_its_log(tmp_path):
@@ -186,7 +186,7 @@ def test_a_run_with_a_parameter_error_fails_once_and_names_its_log(tmp_path):
     launched = command(workspace, "paper_repro", "launch")
     assert launched.returncode == 2
     [message] = launched.stderr.strip().splitlines()[-1:]
-    assert message.startswith("error: 6 of 6 runs failed: run@tiny-streets-ce-50-0 (exit status 2, log ")
+    assert message.startswith("error: 6 of 6 runs failed: tiny-streets/ce-50-0 (exit status 2, log ")
     state = json.loads((workspace / "launch/state.json").read_text())
     assert all(entry["state"] == "failed" and entry["attempt"] == 1 for entry in state.values())
     for entry in state.values():
@@ -223,18 +223,18 @@ def test_slurm_jobs_carry_the_launch_parameters_and_are_never_submitted_twice(tm
     assert len(calls.read_text().splitlines()) == 6
     state = json.loads((workspace / "launch/state.json").read_text())
     run = Run("tiny-streets", "pals", 100, 0)
-    stage = STAGES[run]
+    key = run_key(run)
     folder = workspace / "launch" / "tiny-streets" / "pals-100-0"
-    script = (folder / f"{state[stage]['job']}_submission.sh").read_text()
+    script = (folder / f"{state[key]['job']}_submission.sh").read_text()
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --time=60", "#SBATCH --cpus-per-task=2",
-                 "#SBATCH --mem=4GB", f"#SBATCH --job-name={stage}", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --mem=4GB", "#SBATCH --job-name=tiny-streets/pals-100-0", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1",
                  "echo job setup", f"#SBATCH --output={folder}/%j_0_log.out"):
         assert line in script.splitlines(), line
-    submission = pickle.loads((folder / f"{state[stage]['job']}_submitted.pkl").read_bytes())
+    submission = pickle.loads((folder / f"{state[key]['job']}_submitted.pkl").read_bytes())
     assert submission.args == (run_arguments(run), 2, str(workspace), 2)  # the job's threads: its CPUs
     assert run_arguments(run) == ["run", "--dataset", "tiny-streets", "--method", "pals", "--percent", "100", "--seed", "0"]
     longer = Run("tiny-streets", "ce", 50, 0, 2)
-    assert STAGES[longer] == "run_schedule@tiny-streets-ce-50-0"
+    assert STAGES[longer] == "runs@tiny-streets"
     assert run_arguments(longer) == ["run", "--dataset", "tiny-streets", "--method", "ce", "--percent", "50", "--seed", "0", "--schedule", "2"]
 
     again = command(workspace, *arguments, env_extra=env)  # every job is still queued or running

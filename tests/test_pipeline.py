@@ -17,11 +17,10 @@ from paper_repro.layout import Layout, Run
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # A study of two runs, so that report and explain can run too.
 PARAMS = TINY_PARAMS | {"study": TINY_PARAMS["study"] | {"percents": [50]}, "model": TINY_PARAMS["model"] | {"pretrained_backbone": True}}
-STAGES = ["generate", "subsets", "pretrain", "run", "report", "explain"]  # in data-flow order
+STAGES = ["generate", "subsets", "pretrain", "runs", "report", "explain"]  # in data-flow order
 DATASET = "tiny-streets"
 RUN = Run(DATASET, "pals", 50, 0)  # the explained run (TINY_PARAMS's explain section)
-ITEM = {"${item.dataset}": RUN.dataset, "${item.method}": RUN.method, "${item.percent}": str(RUN.percent), "${item.seed}": str(RUN.seed),
-        "${explain.method}": RUN.method, "${explain.percent}": str(RUN.percent), "${explain.seed}": str(RUN.seed)}
+ITEM = {"${item.dataset}": RUN.dataset}
 
 # Writes the source file of every module loaded by a Python process, when it exits, to $LOADED_MODULES_LOG.
 SITECUSTOMIZE = """
@@ -71,12 +70,7 @@ def stage_runs(tmp_path_factory) -> tuple[Path, dict[str, set[str]]]:
     for stage in STAGES:
         log = workspace / f"{stage}.modules"
         log.touch()
-        runs = [None]
-        if stage == "run":  # report needs every run of the study
-            runs = [Run(DATASET, method, 50, 0) for method in PARAMS["study"]["methods"]]
-        for run in runs:
-            extra = {"${item.method}": run.method} if run else {}
-            run_logged(substitute(PIPELINE[stage]["cmd"], extra), workspace, log, hook)
+        run_logged(substitute(PIPELINE[stage]["cmd"]), workspace, log, hook)  # the runs stage: both runs, in two worker processes
         loaded[stage] = loaded_code(log)
     return workspace, loaded
 
@@ -87,25 +81,6 @@ def test_stage_declares_exactly_the_code_its_command_loads(stage_runs, stage):
     declared = code_files(PIPELINE[stage]["deps"])
     assert sorted(loaded[stage] - declared) == [], f"{stage} loads code it does not declare"
     assert sorted(declared - loaded[stage]) == [], f"{stage} declares code it does not load"
-
-
-def test_ablation_stages_run_the_study_stages_code():
-    for key in ("cmd", "deps", "params", "outs", "metrics", "plots"):
-        assert PIPELINE["run_ablation"][key] == PIPELINE["run"][key]
-
-
-def test_schedule_stages_run_the_study_stages_code_longer_into_the_layouts_paths():
-    """run_schedule is the run stage with --schedule: the same code, the factor as a parameter, and its
-    outputs where the layout puts a run of that schedule."""
-    study, longer = PIPELINE["run"], PIPELINE["run_schedule"]
-    assert longer["deps"] == study["deps"]
-    assert longer["cmd"] == study["cmd"] + " --schedule ${schedule.factor}"
-    assert longer["params"] == study["params"] + ["schedule.factor"]
-    factor, layout = 4, Layout(".")
-    run = Run(DATASET, RUN.method, RUN.percent, RUN.seed, factor)
-    expected = {layout.run_dir(run), layout.log(run), layout.predictions(run), layout.metrics(run)}
-    declared = {Path(str(path).replace("${schedule.factor}", str(factor))) for path in declared_outputs(longer)}
-    assert declared == expected
 
 
 def test_notebook_stages_declare_exactly_the_code_the_notebooks_load(tmp_path):
@@ -140,12 +115,12 @@ def test_notebook_stages_declare_exactly_the_code_the_notebooks_load(tmp_path):
 
 def expected_outputs(stage: str, layout: Layout) -> set[Path]:
     """Where the layout says each stage writes, for the test's run."""
-    dataset, run = RUN.dataset, RUN
+    dataset = RUN.dataset
     return {
         "generate": {layout.data(dataset), layout.data_summary(dataset), layout.class_geometry(dataset), layout.samples(dataset)},
         "pretrain": {layout.pretrained_backbone(), layout.pretrain_log(), layout.pretrain_metrics()},
         "subsets": {layout.manifests(dataset), layout.coverage(dataset)},
-        "run": {layout.run_dir(run), layout.log(run), layout.predictions(run), layout.metrics(run)},
+        "runs": set(layout.run_folders(dataset)),
         "report": {layout.table("main").parent},
         "explain": {layout.explanation(dataset)},
     }[stage]
@@ -166,16 +141,21 @@ def test_stage_outputs_are_the_layouts_and_are_written_there(stage_runs, stage):
     assert declared_outputs(PIPELINE[stage]) == expected
     for path in expected:
         assert (workspace / path).exists(), f"{stage} did not write {path}"
+    if stage == "runs":  # each run's files lie in the stage's folders
+        for method in PARAMS["study"]["methods"]:
+            run = Run(DATASET, method, 50, 0)
+            assert all(any(path.is_relative_to(folder) for folder in expected) for path in Layout(".").run_files(run))
+            assert (workspace / Layout(".").metrics(run)).is_file() and (workspace / Layout(".").model(run)).is_file()
 
 
 def test_stage_inputs_are_the_layouts():
     layout = Layout(".")
     deps = {stage: {Path(substitute(d)) for d in PIPELINE[stage]["deps"] if not d.startswith("paper_repro/")}
-            for stage in ("subsets", "run", "report", "explain")}
+            for stage in ("subsets", "runs", "report", "explain")}
     assert deps["subsets"] == {layout.data(DATASET)}
-    assert deps["run"] == {layout.data(DATASET), layout.manifest(DATASET, RUN.seed, RUN.percent), layout.pretrained_backbone()}
+    assert deps["runs"] == {layout.data(DATASET), layout.manifests(DATASET), layout.pretrained_backbone()}
     assert deps["report"] == {layout.metrics(RUN).parent.parent}
-    assert deps["explain"] == {layout.data(DATASET), layout.run_dir(RUN)}
+    assert deps["explain"] == {layout.data(DATASET), layout.run_dir(RUN).parent}
     notebook, name = PIPELINE["notebooks"]["do"], "02_main_results"
     outputs = {Path(substitute(next(iter(entry)), {"${item}": name})) for entry in notebook["outs"]}
     assert outputs == {layout.notebook(name), layout.figure(name, "any").parent}
@@ -194,11 +174,13 @@ def test_for_a_real_dataset_no_run_depends_on_the_generator_or_the_pretraining(t
 
     real = generate_cityscapes_like(tmp_path / "real-streets", n_train=8, n_val=3, height=32, width=64, seed=0)
     spec = {key: value for key, value in TINY_PARAMS["datasets"][DATASET].items() if key != "generate"} | {"root": str(real)}
-    params = TINY_PARAMS | {"datasets": {"real-streets": spec}, "study": TINY_PARAMS["study"] | {"datasets": ["real-streets"], "percents": [50]}}
+    params = TINY_PARAMS | {"datasets": {"real-streets": spec}, "study": TINY_PARAMS["study"] | {"datasets": ["real-streets"], "percents": [50]},
+                            "ablation": {"datasets": ["real-streets"], "methods": ["ls"], "percents": [50], "seeds": [0]},  # the runs stage reads both
+                            "schedule": {"factor": 2, "datasets": ["real-streets"], "methods": ["ce"], "percents": [50], "seeds": [0]}}
     workspace = tmp_path / "study"
     workspace.mkdir()
     shutil.copytree(ROOT / "paper_repro", workspace / "paper_repro", ignore=shutil.ignore_patterns("__pycache__"))
-    stages = {name: PIPELINE[name] for name in ("generate", "subsets", "pretrain", "run")}  # the runs and what they read
+    stages = {name: PIPELINE[name] for name in ("generate", "subsets", "pretrain", "runs")}  # the runs and what they read
     (workspace / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = os.environ | {"PYTHONPATH": str(workspace), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "DVC_NO_ANALYTICS": "1"}
@@ -213,7 +195,7 @@ def test_for_a_real_dataset_no_run_depends_on_the_generator_or_the_pretraining(t
     dvc("repro")
     assert json.loads(dvc("status", "--json")) == {}
     for module, expected in (("data/synthetic.py", {"generate@real-streets", "pretrain"}), ("pretrain.py", {"pretrain"}),
-                             ("train.py", {"pretrain", "run@real-streets-ce-50-0", "run@real-streets-pals-50-0"})):
+                             ("train.py", {"pretrain", "runs@real-streets"})):
         source = workspace / "paper_repro" / module
         original = source.read_text()
         source.write_text(original + "# an edit\n")

@@ -179,3 +179,81 @@ def test_distributed_data_parallel_on_gloo_with_two_processes(tiny_workspace, tm
     assert not all(torch.equal(state["model"][name], one_process[name]) for name in one_process)  # other batches, other weights
     rows = (workspace / "results" / "logs" / "tiny-streets" / "pals-50-0.csv").read_text().splitlines()
     assert len(rows) == 1 + 6 and rows[0] == "iteration,loss,lr,threads,data_seconds,step_seconds"  # rank 0 alone writes
+
+
+def study_with_every_kind_of_run(tiny_workspace, folder):
+    """The tiny study (ce and pals at 50 and 100%) with a sweep variant and a run at twice the schedule: 6 runs."""
+    import yaml
+
+    workspace = fresh_copy(tiny_workspace, folder)
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["ablation"] = {"datasets": ["tiny-streets"], "methods": ["ls"], "percents": [50], "seeds": [0]}
+    params["schedule"] = {"factor": 2, "datasets": ["tiny-streets"], "methods": ["ce"], "percents": [50], "seeds": [0]}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    return workspace
+
+
+def test_the_runs_stage_trains_two_runs_at_a_time_to_the_results_of_one_after_another(tiny_workspace, tmp_path):
+    """``runs`` trains and evaluates every run on a dataset (study, sweep, schedule sensitivity), longest first.
+    Two worker processes sharing a 2-thread budget (1 thread each) end with the weights, metrics and
+    predictions of the same runs trained one after another on 1 thread."""
+    from paper_repro.config import load_settings
+    from paper_repro.layout import Layout
+
+    together, alone = (study_with_every_kind_of_run(tiny_workspace, tmp_path / name) for name in ("together", "alone"))
+    first = run_cli(together, "runs", "--dataset", "tiny-streets", env_extra={"OMP_NUM_THREADS": "2"})
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "6 runs on tiny-streets, 2 at a time with 1 thread(s) each" in first.stderr
+    second = run_cli(alone, "runs", "--dataset", "tiny-streets", "--set", "train.runs_at_once=1")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "6 runs on tiny-streets, 1 at a time with 1 thread(s) each" in second.stderr
+    started = [line for line in second.stderr.splitlines() if " training tiny-streets " in line]
+    assert len(started) == 6 and "ce 50% seed 0: 4 images, 12 iterations" in started[0]  # the longest first
+
+    runs = load_settings(together / "params.yaml").runs("tiny-streets")
+    assert len(runs) == 6
+    layout = Layout(".")
+    for run in runs:
+        assert (together / layout.metrics(run)).read_bytes() == (alone / layout.metrics(run)).read_bytes(), run.name
+        expected = weights(alone, run.name)
+        assert all(torch.equal(weights(together, run.name)[name], expected[name]) for name in expected), run.name
+        predictions = sorted(path.name for path in (alone / layout.predictions(run)).iterdir())
+        assert len(predictions) == 2
+        assert all((together / layout.predictions(run) / name).read_bytes() == (alone / layout.predictions(run) / name).read_bytes()
+                   for name in predictions)
+        for workspace in (together, alone):
+            assert set(np.loadtxt(workspace / layout.log(run), delimiter=",", skiprows=1, usecols=3)) == {1.0}  # the threads column
+
+
+def test_the_runs_stage_removes_the_files_of_runs_no_longer_named_and_resumes_the_others(tiny_workspace, tmp_path):
+    from paper_repro.config import load_settings
+    from paper_repro.layout import Layout, Run
+
+    workspace = study_with_every_kind_of_run(tiny_workspace, tmp_path / "study")
+    assert run_cli(workspace, "runs", "--dataset", "tiny-streets").returncode == 0
+    layout = Layout(workspace)
+    runs = load_settings(workspace / "params.yaml").runs("tiny-streets")
+    before = {run: layout.metrics(run).read_bytes() for run in runs}
+    dropped = Run("tiny-streets", "ls", 100, 0)  # as a run the parameters named before
+    for path in layout.run_files(dropped) - {layout.log(dropped), layout.metrics(dropped)}:
+        path.mkdir(parents=True) if path.suffix != ".lock" else path.touch()
+    (layout.model(dropped)).write_bytes(b"weights")
+    for path in (layout.log(dropped), layout.metrics(dropped), layout.run_folders("other")[2] / "ce-10-0.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("1")
+    again = run_cli(workspace, "runs", "--dataset", "tiny-streets")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not any(path.exists() for path in layout.run_files(dropped))
+    assert (layout.run_folders("other")[2] / "ce-10-0.json").exists()  # another dataset's folders are not this stage's
+    left = {path for folder in layout.run_folders("tiny-streets") for path in folder.iterdir()}
+    assert left == set().union(*(layout.run_files(run) for run in runs))
+    assert again.stderr.count("resuming runs/tiny-streets/") == 6 and "iterations of batch" in again.stderr
+    assert {run: layout.metrics(run).read_bytes() for run in runs} == before
+
+
+def test_a_run_that_fails_in_a_worker_ends_the_runs_stage_with_its_one_line_error(tiny_workspace, tmp_path):
+    workspace = study_with_every_kind_of_run(tiny_workspace, tmp_path / "study")
+    result = run_cli(workspace, "runs", "--dataset", "tiny-streets", "--set", "train.lr=1e30", env_extra={"OMP_NUM_THREADS": "2"})
+    assert result.returncode == 2 and "2 at a time" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: loss became")
+    assert "Traceback" not in result.stderr
