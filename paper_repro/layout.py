@@ -12,6 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+
+class RunFolders(NamedTuple):
+    """The folders every run on one dataset writes into: the outputs of the dataset's ``runs`` stage."""
+
+    runs: Path
+    logs: Path
+    metrics: Path
+    predictions: Path
 
 
 @dataclass(frozen=True)
@@ -83,10 +93,9 @@ class Layout:
         return self.results / "pretrain" / "metrics.json"
 
     # train and evaluate: the runs stage
-    def run_folders(self, dataset: str) -> tuple[Path, Path, Path, Path]:
-        """The folders every run on ``dataset`` writes into: run folders, logs, metrics, predictions."""
-        return (self.root / "runs" / dataset, self.results / "logs" / dataset, self.results / "metrics" / dataset,
-                self.results / "predictions" / dataset)
+    def run_folders(self, dataset: str) -> RunFolders:
+        return RunFolders(self.root / "runs" / dataset, self.results / "logs" / dataset, self.results / "metrics" / dataset,
+                          self.results / "predictions" / dataset)
 
     def run_files(self, run: Run) -> set[Path]:
         """What one run writes in its dataset's run folders."""
@@ -94,7 +103,7 @@ class Layout:
 
     def run_dir(self, run: Run) -> Path:
         """``checkpoint.pt`` (for resuming) and ``model.pt`` (the final weights)."""
-        return self.run_folders(run.dataset)[0] / run.name
+        return self.run_folders(run.dataset).runs / run.name
 
     def checkpoint(self, run: Run) -> Path:
         return self.run_dir(run) / "checkpoint.pt"
@@ -108,15 +117,15 @@ class Layout:
 
     def log(self, run: Run) -> Path:
         """Per-iteration loss, learning rate and timings."""
-        return self.run_folders(run.dataset)[1] / f"{run.name}.csv"
+        return self.run_folders(run.dataset).logs / f"{run.name}.csv"
 
     # evaluate
     def metrics(self, run: Run) -> Path:
-        return self.run_folders(run.dataset)[2] / f"{run.name}.json"
+        return self.run_folders(run.dataset).metrics / f"{run.name}.json"
 
     def predictions(self, run: Run) -> Path:
         """Predicted train-id PNGs of the figure images."""
-        return self.run_folders(run.dataset)[3] / run.name
+        return self.run_folders(run.dataset).predictions / run.name
 
     def prediction(self, run: Run, image_id: str) -> Path:
         return self.predictions(run) / f"{image_id}.png"

@@ -102,7 +102,7 @@ def test_parallel_jobs_record_what_a_serial_repro_records(tmp_path):
         assert set(logs[0]["threads"]) == {1}
     # the recorded weights, predictions and metrics; the CSV logs also hold seconds per iteration
     outputs = [{entry["path"]: entry for entry in lock_entries(study)["runs@tiny-streets"]["outs"]} for study in (parallel, serial)]
-    timed = str(layout.run_folders("tiny-streets")[1])
+    timed = str(layout.run_folders("tiny-streets").logs)
     assert outputs[0].keys() == outputs[1].keys() == {str(folder) for folder in layout.run_folders("tiny-streets")}
     assert all(outputs[0][path] == outputs[1][path] for path in outputs[0] if path != timed)
     assert (parallel / layout.table("main")).read_bytes() == (serial / layout.table("main")).read_bytes()
@@ -178,6 +178,22 @@ def test_a_killed_job_is_submitted_again_and_resumes_to_the_weights_of_an_uninte
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
     assert "Data and pipelines are up to date." in command(workspace, "dvc", "status", "runs").stdout
+
+
+def test_a_forced_rerun_of_the_runs_stage_keeps_the_seconds_per_iteration_each_run_measured(tmp_path):
+    """DVC deletes a stage's outputs before it runs the stage, except those that persist: the checkpoints
+    and the CSV logs do, so runs resumed from their last checkpoint keep the timings of their training."""
+    workspace = make_study(tmp_path / "study", PARAMS | {"study": PARAMS["study"] | {"percents": [50]}})
+    first = command(workspace, "dvc", "repro", "runs@tiny-streets")
+    assert first.returncode == 0, first.stderr[-3000:]
+    logs = Layout(workspace).run_folders("tiny-streets").logs
+    measured = {path.name: pd.read_csv(path) for path in logs.iterdir()}
+    assert len(measured) == 4 and all((log["step_seconds"] > 0).all() for log in measured.values())
+    again = command(workspace, "dvc", "repro", "--force", "--single-item", "runs@tiny-streets")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("resuming runs/tiny-streets/") == 4
+    for name, log in measured.items():
+        pd.testing.assert_frame_equal(pd.read_csv(logs / name), log)
 
 
 def test_a_run_with_a_parameter_error_fails_once_and_names_its_log(tmp_path):

@@ -238,13 +238,13 @@ def test_the_runs_stage_removes_the_files_of_runs_no_longer_named_and_resumes_th
     for path in layout.run_files(dropped) - {layout.log(dropped), layout.metrics(dropped)}:
         path.mkdir(parents=True) if path.suffix != ".lock" else path.touch()
     (layout.model(dropped)).write_bytes(b"weights")
-    for path in (layout.log(dropped), layout.metrics(dropped), layout.run_folders("other")[2] / "ce-10-0.json"):
+    for path in (layout.log(dropped), layout.metrics(dropped), layout.run_folders("other").metrics / "ce-10-0.json"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("1")
     again = run_cli(workspace, "runs", "--dataset", "tiny-streets")
     assert again.returncode == 0, again.stderr[-3000:]
     assert not any(path.exists() for path in layout.run_files(dropped))
-    assert (layout.run_folders("other")[2] / "ce-10-0.json").exists()  # another dataset's folders are not this stage's
+    assert (layout.run_folders("other").metrics / "ce-10-0.json").exists()  # another dataset's folders are not this stage's
     left = {path for folder in layout.run_folders("tiny-streets") for path in folder.iterdir()}
     assert left == set().union(*(layout.run_files(run) for run in runs))
     assert again.stderr.count("resuming runs/tiny-streets/") == 6 and "iterations of batch" in again.stderr
