@@ -2,15 +2,22 @@
 ce / ls / pals (the training loop's own ``training_step``), and the training data loader of
 the study's datasets.
 
-Every case runs in a fresh child process, so its peak memory is honest: on the CPU the peak
-resident set of that process minus the same process's resident set before the case; on CUDA
-``torch.cuda.max_memory_allocated``. Times are medians over repeated runs after warm-up; the
-training steps of ce / ls / pals at one size are timed in one process, alternating, so that
-their ratios do not depend on how fast the machine happened to be for each of them.
+On the CPU every case runs in a fresh child process, so that its peak memory is honest: the peak
+resident set of that process minus the same process's resident set before the case. On CUDA the
+cases run in this process, one after another: ``torch.cuda.max_memory_allocated`` is reset before
+each, and a child's start-up (a CUDA context each) would cost more than the cases themselves. Times
+are medians over repeated runs after warm-up; the training steps of ce / ls / pals at one size are
+timed in one process, alternating, so that their ratios do not depend on how fast the machine
+happened to be for each of them. The fused cases and the training steps run with the fused kernels
+of ``scaled_dot_product_attention`` alone (a fallback to the O(N^2) math kernel is an error), under
+the autocast dtype training uses on the device (``train.amp``; float32 on the CPU), and each
+aggregation row names the kernel that ran. Each case is logged as it starts and ends.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import multiprocessing
 import os
 import platform
@@ -23,16 +30,37 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .atomic import write_json
 from .data.synthetic import GENERATORS
 from .layout import Layout
-from .losses import aggregate_predictions, loss_of
+from .losses import aggregate_predictions, loss_of, padded_widths, pooled_size
 from .models import build_model
 from .runtime import autocast_dtype, keep_freed_memory
 from .runtime import device as compute_device
-from .settings import Settings
+from .settings import GENERATOR_MINIMA, Settings
 from .train import build_optimisation, open_training_data, training_loader, training_step
+
+log = logging.getLogger(__name__)
+FUSED_KERNELS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION)
+
+
+def fused_kernels_only(kernels=FUSED_KERNELS):
+    """A context in which ``scaled_dot_product_attention`` runs one of ``kernels`` or raises: never the math kernel."""
+    return sdpa_kernel(list(kernels))
+
+
+def aggregation_kernel(batch: int, queries: int, keys: int, dim: int, classes: int, dtype: torch.dtype, device: torch.device) -> str:
+    """The kernel ``aggregate_predictions`` runs on these shapes, as the dispatcher chooses it among the fused
+    ones (``flash_attention``, ``efficient_attention``, ``cudnn_attention``); ``RuntimeError`` if none accepts them."""
+    feature_width, value_width = padded_widths(device.type, dim, classes)
+    shape = (batch, 1)
+    q = torch.empty(*shape, queries, feature_width, dtype=dtype, device=device)
+    k = torch.empty(*shape, keys, feature_width, dtype=dtype, device=device)
+    v = torch.empty(*shape, keys, value_width, dtype=dtype, device=device)
+    with fused_kernels_only():
+        return SDPBackend(torch._fused_sdp_choice(q, k, v)).name.lower()  # the dispatcher's own choice (no public API says it)
 
 
 def naive_aggregate(features: torch.Tensor, probs: torch.Tensor, tau: float) -> torch.Tensor:
@@ -62,22 +90,38 @@ def _timed(function, repeats: int, warmup: int, device: torch.device) -> list[fl
 
 
 def _aggregation_case(case: dict) -> dict:
+    """One aggregation case: ``variant`` (naive, fused, fused_pooled) at ``batch``, ``n``, ``dim``, ``classes``,
+    in ``precision`` (the autocast dtype, or float32); fused variants on ``kernel`` alone if given."""
     device = torch.device(case["device"])
     generator = torch.Generator().manual_seed(0)
     side = int(case["n"] ** 0.5)
     features = torch.randn(case["batch"], case["dim"], side, side, generator=generator).to(device)
     probs = torch.softmax(torch.randn(case["batch"], case["classes"], side, side, generator=generator), 1).to(device)
+    budget = case.get("token_budget", 0)
     function = {
         "naive": naive_aggregate,
         "fused": aggregate_predictions,
-        "fused_pooled": lambda f, p, tau: aggregate_predictions(f, p, tau, case.get("token_budget", 0)),
+        "fused_pooled": lambda f, p, tau: aggregate_predictions(f, p, tau, budget),
     }[case["variant"]]
+    dtype = getattr(torch, case["precision"])
+    result = {}
+    kernels = FUSED_KERNELS
+    if case["variant"] != "naive":
+        kernels = (SDPBackend[case["kernel"].upper()],) if case.get("kernel") else FUSED_KERNELS
+        keys = case["n"] if not budget or case["n"] <= budget else math.prod(pooled_size(side, side, budget))
+        with fused_kernels_only(kernels):
+            result["kernel"] = aggregation_kernel(case["batch"], case["n"], keys, case["dim"], case["classes"], dtype, device)
+
+    def call():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32), fused_kernels_only(kernels):
+            function(features, probs, 0.1)
+
     baseline = _peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = _timed(lambda: function(features, probs, 0.1), case["repeats"], 1, device)
+    times = _timed(call, case["repeats"], 1, device)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mb() - baseline
-    return case | {"median_s": statistics.median(times), "peak_mb": round(peak, 1)}
+    return case | result | {"median_s": statistics.median(times), "peak_mb": round(peak, 1)}
 
 
 STEP_METHODS = ("ce", "ls", "pals")
@@ -97,7 +141,11 @@ def _training_step(case: dict, method: str):
     height, width = case["size"]
     images = torch.randn(case["batch"], 3, height, width).to(device, memory_format=torch.channels_last)
     masks = torch.randint(0, case["classes"], (case["batch"], height, width)).to(device)
-    return lambda: training_step(model, criterion, optimizer, scheduler, scaler, images, masks, dtype)
+
+    def step():
+        with fused_kernels_only():
+            training_step(model, criterion, optimizer, scheduler, scaler, images, masks, dtype)
+    return step
 
 
 def step_times(case: dict) -> dict[str, float]:
@@ -134,10 +182,11 @@ def _loader_case(case: dict) -> dict:
     ``case["spec"]`` with ``case["train"]``, the train settings of that dataset's runs."""
     spec = case["spec"]
     with tempfile.TemporaryDirectory() as scratch:
-        if not Path(spec.root).exists():
+        if not Path(spec.root).exists():  # generated for the case: its training split alone
             if not spec.generate:
                 raise FileNotFoundError(f"datasets.{spec.name}.root: {spec.root} does not exist")
-            spec = replace(spec, root=str(GENERATORS[spec.kind](Path(scratch) / spec.name, **spec.generate)))
+            arguments = spec.generate | {"n_val": GENERATOR_MINIMA["n_val"]}
+            spec = replace(spec, root=str(GENERATORS[spec.kind](Path(scratch) / spec.name, **arguments)))
         settings = replace(case["train"], iterations=case["batches"])
         times, waited = [], time.perf_counter()
         for _ in training_loader(open_training_data(spec, settings.cache_decoded), settings, seed=0):
@@ -152,6 +201,27 @@ def _in_child(function, case: dict) -> dict:
     """Run one case in a fresh process so that its peak memory is its own."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(function, (case,))
+
+
+class Cases:
+    """Runs the bench's cases one by one (in a child process each on the CPU, in this one on CUDA) and logs
+    each as it starts and ends, with its number, the elapsed seconds and the time since the bench began."""
+
+    def __init__(self, total: int, device: torch.device) -> None:
+        self.total, self.done, self.device, self.began = total, 0, device, time.perf_counter()
+
+    def run(self, label: str, function, case: dict):
+        self.done += 1
+        log.info("bench %d/%d: %s", self.done, self.total, label)
+        began = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            result = function(case)
+        else:
+            result = _in_child(function, case)
+        now = time.perf_counter()
+        log.info("bench %d/%d: %s done in %.1f s (%.0f s since the start)", self.done, self.total, label, now - began, now - self.began)
+        return result
 
 
 def device_info(device: torch.device) -> dict:
@@ -181,36 +251,50 @@ def model_cases(study: Settings) -> list[dict]:
     return cases
 
 
-def run_bench(study: Settings, layout: Layout = Layout()) -> dict:
-    """Run every case of the ``bench:`` parameters; write and return
-    ``{"device", "aggregation", "steps", "loader"}``."""
+def aggregation_cases(study: Settings, device: torch.device) -> list[dict]:
+    """The aggregation cases of ``bench:``: every variant at every class count and N it is run at."""
     settings = study.bench
-    device = compute_device()
-    aggregation = []
+    precision = str(autocast_dtype(study.train.amp, device) or torch.float32).removeprefix("torch.")
+    cases = []
     for classes in settings.classes:
         for n in settings.tokens:
             for variant in ("naive", "fused", "fused_pooled"):
                 if (variant == "naive" and n > settings.naive_max_tokens) or (variant == "fused_pooled" and n <= settings.token_budget):
                     continue
                 case = {"variant": variant, "n": n, "dim": settings.dim, "classes": classes, "batch": settings.batch,
-                        "repeats": settings.repeats, "device": str(device)}
+                        "precision": precision, "repeats": settings.repeats, "device": str(device)}
                 if variant == "fused_pooled":
                     case["token_budget"] = settings.token_budget
-                aggregation.append(_in_child(_aggregation_case, case))
+                cases.append(case)
+    return cases
+
+
+def run_bench(study: Settings, layout: Layout = Layout()) -> dict:
+    """Run every case of the ``bench:`` parameters; write and return
+    ``{"device", "aggregation", "steps", "loader"}``."""
+    settings = study.bench
+    device = compute_device()
+    aggregation_todo = aggregation_cases(study, device)
+    models = model_cases(study)
+    cases = Cases(len(aggregation_todo) + len(models) * (1 + len(STEP_METHODS)) + len(settings.loader_datasets), device)
+    aggregation = [cases.run(f"aggregation {case['variant']} N={case['n']} K={case['classes']} B={case['batch']} {case['precision']}",
+                             _aggregation_case, case) for case in aggregation_todo]
     steps = []
     losses = {method: study.loss(method) for method in STEP_METHODS}
-    for model_case in model_cases(study):
+    for model_case in models:
         case = {key: model_case[key] for key in ("size", "batch", "classes")} | {
             "model": model_case["name"], "dataset": model_case.get("dataset"), "repeats": settings.step_repeats,
             "precision": str(autocast_dtype(model_case["train"].amp, device) or torch.float32).removeprefix("torch."),
             "device": str(device)}
         inputs = {"losses": losses, "train": model_case["train"]}
-        medians = _in_child(step_times, case | inputs)
+        label = f"{case['model']} {case['size'][0]}x{case['size'][1]} batch {case['batch']} {case['precision']}"
+        medians = cases.run(f"training steps {label}: {', '.join(STEP_METHODS)} alternating", step_times, case | inputs)
         for method in STEP_METHODS:
-            peak = _in_child(step_memory, case | inputs | {"method": method})
+            peak = cases.run(f"peak memory {label}: {method}", step_memory, case | inputs | {"method": method})
             steps.append(case | {"method": method, "median_s": medians[method], "peak_mb": peak})
-    loader = [_in_child(_loader_case, {"spec": study.dataset(dataset), "train": study.train_of(dataset), "batches": settings.loader_batches,
-                                       "device": str(device)})
+    loader = [cases.run(f"training loader {dataset}", _loader_case,
+                        {"spec": study.dataset(dataset), "train": study.train_of(dataset), "batches": settings.loader_batches,
+                         "device": str(device)})
               for dataset in settings.loader_datasets]
     by_case = {(r["variant"], r["n"], r["classes"]): r for r in aggregation}
     for row in aggregation:

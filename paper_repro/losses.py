@@ -33,18 +33,19 @@ from torch import nn
 from . import IGNORE_INDEX
 from .settings import LossSettings
 
-__all__ = ["aggregate_predictions", "teacher_probabilities", "build_loss", "loss_of", "SmoothedTargetLoss", "SoftTargetCrossEntropy"]
+__all__ = ["aggregate_predictions", "padded_widths", "teacher_probabilities", "build_loss", "loss_of", "SmoothedTargetLoss", "SoftTargetCrossEntropy"]
 
 
-def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: float, token_budget: int = 0) -> torch.Tensor:
+def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: float, token_budget: int = 0,
+                          widths: tuple[int, int] | None = None) -> torch.Tensor:
     """Pixel-wise aggregated distribution ``q = A p`` (docs/method.md, steps 2-4, before upsampling).
 
     ``f_i = F_i / ||F_i||`` (step 2), ``A_ij = softmax_j(<f_i, f_j> / tau)`` over the N = h*w
     pixels of each image (step 3) and ``q = A p`` (step 4) is attention with queries = keys = f
     and values = p, so it runs through ``scaled_dot_product_attention`` and never materialises
-    the N x N affinity. On the CPU the fused (flash) kernel needs queries, keys and values to
-    share their last dimension, so the narrower of f and p is zero-padded to the wider one:
-    zero channels change neither the dot products nor the first K output channels.
+    the N x N affinity. f and p are zero-padded to the widths the device's fused kernels accept
+    (:func:`padded_widths`): zero channels change neither the dot products nor the first K
+    output channels.
 
     Precision: float32, or the autocast dtype (bf16 / fp16) when autocast is active on the
     inputs' device; the result is always float32. ``tests/test_losses.py`` bounds the
@@ -60,6 +61,7 @@ def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: floa
         probs: ``[B, K, h, w]`` class probabilities at the feature resolution.
         tau: affinity temperature, > 0.
         token_budget: at most this many key positions per image; 0 = all N (the method as published).
+        widths: ``(width of f, width of p)`` after padding; ``None``: :func:`padded_widths` of the device.
 
     Returns:
         ``[B, K, h, w]`` float32 distributions (each pixel sums to 1). Inputs are detached: the
@@ -83,20 +85,44 @@ def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: floa
     if token_budget and height * width > token_budget:
         size = pooled_size(height, width, token_budget)
         key_features, key_probs = F.adaptive_avg_pool2d(features, size), F.adaptive_avg_pool2d(probs, size)
-    width_common = max(dim, classes)
+    feature_width, value_width = widths or padded_widths(device_type, dim, classes)
+    if feature_width < dim or value_width < classes:
+        raise ValueError(f"widths {(feature_width, value_width)} must be at least (D, K) = {(dim, classes)}")
 
-    def tokens(x: torch.Tensor, normalise: bool) -> torch.Tensor:
-        """``[B, C, h, w]`` -> ``[B, 1, h*w, width_common]``, zero-padded, contiguous (fused kernels need a unit last stride)."""
+    def tokens(x: torch.Tensor, width: int, normalise: bool) -> torch.Tensor:
+        """``[B, C, h, w]`` -> ``[B, 1, h*w, width]``, zero-padded, contiguous (fused kernels need a unit last stride)."""
         x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])  # a view for channels-last input
         x = F.normalize(x, dim=-1) if normalise else x
-        return F.pad(x, (0, width_common - x.shape[-1])).to(dtype).unsqueeze(1).contiguous()
+        return F.pad(x, (0, width - x.shape[-1])).to(dtype).unsqueeze(1).contiguous()
 
-    queries = tokens(features, normalise=True)
-    keys = queries if key_features is features else tokens(key_features, normalise=True)
+    queries = tokens(features, feature_width, normalise=True)
+    keys = queries if key_features is features else tokens(key_features, feature_width, normalise=True)
     with torch.autocast(device_type, enabled=False):  # the dtype is chosen above, explicitly
-        aggregated = F.scaled_dot_product_attention(queries, keys, tokens(key_probs, normalise=False), scale=1.0 / tau)
+        aggregated = F.scaled_dot_product_attention(queries, keys, tokens(key_probs, value_width, normalise=False), scale=1.0 / tau)
     aggregated = aggregated[:, 0, :, :classes].float().contiguous()  # unpadded: bilinear upsampling is 2x faster on it
     return aggregated.reshape(batch, height, width, classes).permute(0, 3, 1, 2)  # channels-last
+
+
+CUDA_WIDTH_MULTIPLE = 8  # the fused CUDA kernels read q, k and v in aligned blocks of 8 half-precision values
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def padded_widths(device_type: str, dim: int, classes: int) -> tuple[int, int]:
+    """``(width of f, width of p)`` for the fastest exact kernel of ``scaled_dot_product_attention`` on the device.
+
+    CPU: its one fused kernel (flash) needs queries, keys and values of one width, so the narrower
+    of f (D channels) and p (K classes) is padded to the wider. CUDA: cuDNN attention and the
+    memory-efficient kernel take values narrower than the queries, in multiples of 8, so p is padded
+    only to the next multiple of 8 (24 for K = 19 or 21, instead of D = 256): the values' share of the
+    work shrinks about tenfold. ``python -m paper_repro bench`` reports which kernel ran.
+    """
+    if device_type == "cuda":
+        return round_up(dim, CUDA_WIDTH_MULTIPLE), round_up(classes, CUDA_WIDTH_MULTIPLE)
+    width = max(dim, classes)
+    return width, width
 
 
 def pooled_size(height: int, width: int, token_budget: int) -> tuple[int, int]:

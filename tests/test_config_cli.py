@@ -308,6 +308,15 @@ def test_bench_writes_its_schema_on_a_tiny_size(tiny_workspace):
     assert loader["loader_share_of_iteration"] == round(loader["median_s"] / (loader["median_s"] + loader["pals_step_median_s"]), 3)
     assert [r["time_ratio_vs_ce"] for r in report["steps"][3:]] == [round(r["median_s"] / report["steps"][3]["median_s"], 3) for r in report["steps"][3:]]
     assert "pals_step_median_s" not in report["loader"][1]  # no step case at that dataset's size
+    # the fused cases name their kernel (the CPU's flash kernel: the math kernel is excluded), in float32 on the CPU
+    assert {r.get("kernel") for r in report["aggregation"]} == {None, "flash_attention"}
+    assert all(("kernel" in r) == (r["variant"] != "naive") for r in report["aggregation"])
+    assert {r["precision"] for r in report["aggregation"]} == {"float32"}
+    # every case is logged as it starts and as it ends: 5 aggregation, 2 x (1 timing + 3 memory) step, 2 loader cases
+    logged = [line.split("INFO bench ", 1)[1] for line in result.stderr.splitlines() if "INFO bench " in line]
+    assert [line.split(":")[0] for line in logged] == [f"{i}/15" for i in range(1, 16) for _ in "se"]
+    assert all(("done in" in line) == (index % 2 == 1) for index, line in enumerate(logged))
+    assert logged[-1].startswith("15/15: training loader tiny-objects done in")
 
 
 def test_a_dataset_may_set_its_own_train_settings(tmp_path, tiny_workspace):

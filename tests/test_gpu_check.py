@@ -38,3 +38,22 @@ def test_smoke_run_times_ce_and_pals_steps_of_the_paper_scale_model():
     assert set(report["step_seconds"]) == {"ce", "pals"} and all(seconds > 0 for seconds in report["step_seconds"].values())
     assert math.isclose(report["pals_over_ce"], report["step_seconds"]["pals"] / report["step_seconds"]["ce"])
     assert report["peak_memory_mb"] is None
+
+
+def test_the_reproducibility_part_trains_twice_in_each_mode_and_finds_cpu_reruns_identical(tmp_path):
+    """On the CPU two runs with the same seed and threads are identical, in either mode: the part must say so
+    (a run that drew other data or initial weights would not be)."""
+    report = load_script().reproducibility(load_settings(ROOT / "params.yaml"), "synthetic-cityscapes", tmp_path, iterations=3, images=4)
+    assert report["default"]["identical"] is True and report["deterministic"]["identical"] is True
+    assert report["deterministic"]["warned"] == []  # nothing the CPU runs lacks a deterministic implementation
+    assert len(report["default"]["seconds"]) == 2 and report["default"]["step_ms"] > 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "default-1", "default-2", "deterministic-1", "deterministic-2"]
+
+
+def test_weights_differing_in_one_value_are_not_identical():
+    script = load_script()
+    weights = {"a": torch.zeros(3), "b": torch.ones(2)}
+    assert script.identical(weights, {key: value.clone() for key, value in weights.items()})
+    changed = {"a": torch.tensor([0.0, 0.0, 1e-30]), "b": torch.ones(2)}
+    assert not script.identical(weights, changed)
+    assert not script.identical(weights, {"a": torch.zeros(3)})

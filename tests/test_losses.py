@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from paper_repro.losses import SoftTargetCrossEntropy, aggregate_predictions, build_loss, pooled_size
+from paper_repro.losses import SoftTargetCrossEntropy, aggregate_predictions, build_loss, padded_widths, pooled_size
 
 IGNORE = 255
 
@@ -57,6 +57,33 @@ def test_aggregation_runs_on_the_fused_flash_kernel_on_cpu(dim, classes):
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # a fallback to the O(N^2) math kernel raises
         aggregated = aggregate_predictions(features, probs, 0.1)
     torch.testing.assert_close(aggregated.double(), naive_aggregate(features, probs, 0.1), atol=2e-5, rtol=1e-4)
+
+
+def test_each_device_pads_to_the_widths_its_fused_kernels_accept():
+    assert padded_widths("cpu", 256, 19) == (256, 256)  # CPU flash: one width for q, k and v
+    assert padded_widths("cpu", 8, 21) == (21, 21)
+    assert padded_widths("cuda", 256, 19) == (256, 24)  # cuDNN / efficient: v to the next multiple of 8
+    assert padded_widths("cuda", 256, 21) == (256, 24)
+    assert padded_widths("cuda", 3, 7) == (8, 8)
+    assert padded_widths("cuda", 64, 32) == (64, 32)
+
+
+@pytest.mark.parametrize("dim,classes", [(256, 19), (8, 21), (3, 7)])
+@pytest.mark.parametrize("device_type", ["cpu", "cuda", "unpadded"])
+def test_every_padding_gives_the_oracle_result(dim, classes, device_type):
+    """The CUDA widths (and no padding at all) computed on the CPU, where any width runs (the math
+    kernel takes what flash refuses): zero channels change nothing but the kernel."""
+    generator = torch.Generator().manual_seed(dim + classes)
+    features = torch.randn(2, dim, 6, 10, generator=generator)
+    probs = torch.softmax(torch.randn(2, classes, 6, 10, generator=generator) * 3, dim=1)
+    widths = (dim, classes) if device_type == "unpadded" else padded_widths(device_type, dim, classes)
+    aggregated = aggregate_predictions(features, probs, 0.1, widths=widths)
+    torch.testing.assert_close(aggregated.double(), naive_aggregate(features, probs, 0.1), atol=2e-5, rtol=1e-4)
+
+
+def test_widths_narrower_than_the_inputs_are_refused():
+    with pytest.raises(ValueError, match="at least"):
+        aggregate_predictions(torch.randn(1, 16, 4, 4), torch.softmax(torch.randn(1, 19, 4, 4), 1), 0.1, widths=(16, 8))
 
 
 # Largest deviation from the float64 oracle allowed for the aggregated distributions (values
