@@ -17,13 +17,14 @@ the dataset's run folders is removed first, so that the stage's outputs hold the
 from __future__ import annotations
 
 import logging
+
 import os
 import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from multiprocessing import get_context
+from multiprocessing import current_process, get_context
 
 from tqdm.auto import tqdm
 
@@ -70,12 +71,15 @@ def environment(**variables: str) -> Iterator[None]:
 
 
 def start_worker() -> None:
-    """A worker's logging, as the stage's; and tqdm's lock a thread lock, not a semaphore that a worker
-    stopped mid-run would leave behind."""
+    """A worker's logging, as the stage's; tqdm's lock a thread lock, not a semaphore that a worker
+    stopped mid-run would leave behind; and the right to start processes of its own: a run's loader
+    workers (``train.workers``, on a GPU) are its children, which a pool's daemonic worker may not
+    have. They end with it: a loader worker stops when its parent is gone."""
     from .cli import LOG_FORMAT
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     tqdm.set_lock(threading.RLock())
+    current_process().daemon = False
 
 
 def run_dataset(settings: Settings, dataset: DatasetSettings, layout: Layout = Layout()) -> None:

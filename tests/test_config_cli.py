@@ -26,9 +26,28 @@ def test_params_and_presets_resolve_and_validate(path):
     for dataset in settings.study.datasets:
         assert dataset in settings.datasets
     assert {"ce", "ls", "pals"} <= set(settings.study.methods)
-    # the embedded default and the GPU presets run 3 seeds over the paper's grid of label percents
-    assert settings.study.seeds == (0, 1, 2)
+    # the embedded default and the real presets run 3 seeds over the paper's grid of label percents, the embedded GPU preset 10
+    assert settings.study.seeds == (tuple(range(10)) if path.name == "embedded-gpu.yaml" else (0, 1, 2))
     assert settings.study.percents == (10, 30, 50, 100)
+
+
+def test_the_embedded_gpu_preset_runs_the_default_studys_runs_with_the_same_settings_and_more_seeds():
+    """Each run of the default study is a run of the GPU preset with settings equal but for how runs share
+    the machine; the preset adds seeds to the grid, the sweep and the schedule check, and nothing else."""
+    from dataclasses import asdict
+
+    from paper_repro.settings import TrainSettings
+
+    default, gpu = load_settings(ROOT / "params.yaml"), load_settings(ROOT / "presets" / "embedded-gpu.yaml")
+    assert set(default.runs()) < set(gpu.runs())
+    assert {(run.dataset, run.method, run.percent, run.schedule) for run in gpu.runs()} == {
+        (run.dataset, run.method, run.percent, run.schedule) for run in default.runs()}
+    assert {run.seed for run in gpu.runs()} == set(range(10))
+    for run in default.runs():
+        ours, theirs = asdict(default.run(run)), asdict(gpu.run(run))
+        assert ours.pop("train") != theirs.pop("train") and ours == theirs
+        assert default.run(run).train.defining_weights() == gpu.run(run).train.defining_weights()
+    assert (gpu.train.runs_at_once, gpu.train.workers) == (8, 1) and set(TrainSettings.RESUMABLE_ACROSS) >= {"runs_at_once", "workers"}
 
 
 def test_real_presets_use_the_paper_scale_model_and_real_data():

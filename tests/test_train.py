@@ -195,13 +195,14 @@ def study_with_every_kind_of_run(tiny_workspace, folder):
 
 def test_the_runs_stage_trains_two_runs_at_a_time_to_the_results_of_one_after_another(tiny_workspace, tmp_path):
     """``runs`` trains and evaluates every run on a dataset (study, sweep, schedule sensitivity), longest first.
-    Two worker processes sharing a 2-thread budget (1 thread each) end with the weights, metrics and
-    predictions of the same runs trained one after another on 1 thread."""
+    Two worker processes sharing a 2-thread budget (1 thread each), each loading its batches in a loader
+    process of its own (``train.workers``, as on a GPU), end with the weights, metrics and predictions of
+    the same runs trained one after another on 1 thread, loading on the training thread."""
     from paper_repro.config import load_settings
     from paper_repro.layout import Layout
 
     together, alone = (study_with_every_kind_of_run(tiny_workspace, tmp_path / name) for name in ("together", "alone"))
-    first = run_cli(together, "runs", "--dataset", "tiny-streets", env_extra={"OMP_NUM_THREADS": "2"})
+    first = run_cli(together, "runs", "--dataset", "tiny-streets", "--set", "train.workers=1", env_extra={"OMP_NUM_THREADS": "2"})
     assert first.returncode == 0, first.stderr[-3000:]
     assert "6 runs on tiny-streets, 2 at a time with 1 thread(s) each" in first.stderr
     second = run_cli(alone, "runs", "--dataset", "tiny-streets", "--set", "train.runs_at_once=1")
