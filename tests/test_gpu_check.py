@@ -57,3 +57,31 @@ def test_weights_differing_in_one_value_are_not_identical():
     changed = {"a": torch.tensor([0.0, 0.0, 1e-30]), "b": torch.ones(2)}
     assert not script.identical(weights, changed)
     assert not script.identical(weights, {"a": torch.zeros(3)})
+
+
+def test_the_gpu_study_script_runs_every_stage_to_the_report_and_prints_the_half_widths(tmp_path):
+    """``scripts/gpu_study.sh`` on a tiny preset (on the CPU here): the preset's parameters written into
+    params.yaml, every stage run in dvc.yaml's order, the report's half-widths printed."""
+    import shutil
+
+    import yaml
+
+    from conftest import TINY_PARAMS
+
+    shutil.copytree(ROOT / "paper_repro", tmp_path / "paper_repro")
+    shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
+    (tmp_path / "params.yaml").write_text("# the default, replaced by the preset\n")
+    params = TINY_PARAMS | {"pretrain": TINY_PARAMS["pretrain"] | {"iterations": 1}, "train": TINY_PARAMS["train"] | {"iterations": 2}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(params))
+    env = os.environ | {"PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", "scripts/gpu_study.sh", "tiny.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stages = [line.split("== ", 1)[1].split(":")[0] for line in result.stdout.splitlines() if line.startswith("== ") and ": " in line
+              and line.rstrip().endswith(" s")]
+    dataset = "--dataset tiny-streets"
+    assert stages == [f"generate {dataset}", f"subsets {dataset}", "pretrain", f"runs {dataset}", "report"]
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["study"] == TINY_PARAMS["study"]
+    lines = result.stdout.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.split()[:3] == ["dataset", "method", "percent"])
+    assert "half_width" in lines[header].split()
+    assert [line.split()[1:3] for line in lines[header + 1:]] == [["pals", "50"], ["pals", "100"]]  # every cell but ce's
