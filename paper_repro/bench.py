@@ -35,11 +35,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .atomic import write_json
 from .data.synthetic import GENERATORS
 from .layout import Layout
-from .losses import aggregate_predictions, loss_of, padded_widths, pooled_size
+from .losses import SmoothedTargetLoss, aggregate_predictions, padded_widths, pooled_size
 from .models import build_model
-from .runtime import autocast_dtype, keep_freed_memory
+from .runtime import autocast_dtype, start_process
 from .runtime import device as compute_device
-from .settings import GENERATOR_MINIMA, Settings
+from .settings import ABLATED, BASELINE, GENERATOR_MINIMA, Settings
+from .tool_settings import BenchSettings
 from .train import build_optimisation, open_training_data, training_loader, training_step
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def _aggregation_case(case: dict) -> dict:
 
     def call():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32), fused_kernels_only(kernels):
-            function(features, probs, 0.1)
+            function(features, probs, case["tau"])
 
     baseline = _peak_rss_mb()
     if device.type == "cuda":
@@ -134,7 +135,7 @@ def _training_step(case: dict, method: str):
     device = torch.device(case["device"])
     torch.manual_seed(0)
     model = build_model(case["model"], case["classes"]).to(device, memory_format=torch.channels_last)
-    criterion = loss_of(case["losses"][method], case["classes"])
+    criterion = SmoothedTargetLoss(case["losses"][method], case["classes"])
     dtype = autocast_dtype(case["train"].amp, device)  # as training runs
     settings = replace(case["train"], iterations=10**6)  # no decay to zero within the bench
     optimizer, scheduler, scaler = build_optimisation(model, settings, dtype, device)
@@ -152,7 +153,6 @@ def step_times(case: dict) -> dict[str, float]:
     """Median step time of every method of ``case["methods"]`` (default ``STEP_METHODS``). The methods'
     steps alternate (ce, ls, pals, ce, ...), so that drifts in the machine's speed reach all of them
     alike and their ratios stay comparable. ``scripts/gpu_check.py`` times its smoke run with it."""
-    keep_freed_memory()  # as training does
     device = torch.device(case["device"])
     steps = {method: _training_step(case, method) for method in case.get("methods", STEP_METHODS)}
     for step in steps.values():
@@ -167,7 +167,6 @@ def step_times(case: dict) -> dict[str, float]:
 def step_memory(case: dict) -> float:
     """Peak memory (MB) of one method's training steps (``case["method"]``), alone in its process
     (on a GPU, the peak allocated by the steps also counts within a process)."""
-    keep_freed_memory()
     device = torch.device(case["device"])
     step = _training_step(case, case["method"])
     baseline = _peak_rss_mb()
@@ -199,7 +198,7 @@ def _loader_case(case: dict) -> dict:
 
 def _in_child(function, case: dict) -> dict:
     """Run one case in a fresh process so that its peak memory is its own."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
+    with multiprocessing.get_context("spawn").Pool(1, initializer=start_process) as pool:  # the allocator as in training
         return pool.apply(function, (case,))
 
 
@@ -238,52 +237,53 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def model_cases(study: Settings) -> list[dict]:
+def model_cases(settings: Settings, bench_settings: BenchSettings) -> list[dict]:
     """``bench.models`` entries resolved to ``{name, size, batch, classes, train}``; an entry naming a
     ``dataset`` takes the crop, class count and train settings that the study trains it with."""
     cases = []
-    for entry in study.bench.models:
-        train = study.train
+    for entry in bench_settings.models:
+        train = settings.train
         if "dataset" in entry:
-            spec, train = study.dataset(entry["dataset"]), study.train_of(entry["dataset"])
+            spec, train = settings.dataset(entry["dataset"]), settings.train_of(entry["dataset"])
             entry = {"size": list(spec.crop), "batch": train.batch_size, "classes": spec.num_classes} | entry
         cases.append(entry | {"train": train})
     return cases
 
 
-def aggregation_cases(study: Settings, device: torch.device) -> list[dict]:
-    """The aggregation cases of ``bench:``: every variant at every class count and N it is run at."""
-    settings = study.bench
-    precision = str(autocast_dtype(study.train.amp, device) or torch.float32).removeprefix("torch.")
+def aggregation_cases(settings: Settings, bench_settings: BenchSettings, device: torch.device) -> list[dict]:
+    """The aggregation cases of ``bench:``: every variant at every class count and N it is run at, with the
+    tau of the study's ``pals``."""
+    precision = str(autocast_dtype(settings.train.amp, device) or torch.float32).removeprefix("torch.")
+    tau = settings.loss(ABLATED).tau
     cases = []
-    for classes in settings.classes:
-        for n in settings.tokens:
+    for classes in bench_settings.classes:
+        for n in bench_settings.tokens:
             for variant in ("naive", "fused", "fused_pooled"):
-                if (variant == "naive" and n > settings.naive_max_tokens) or (variant == "fused_pooled" and n <= settings.token_budget):
+                if (variant == "naive" and n > bench_settings.naive_max_tokens) or (variant == "fused_pooled" and n <= bench_settings.token_budget):
                     continue
-                case = {"variant": variant, "n": n, "dim": settings.dim, "classes": classes, "batch": settings.batch,
-                        "precision": precision, "repeats": settings.repeats, "device": str(device)}
+                case = {"variant": variant, "n": n, "dim": bench_settings.dim, "classes": classes, "batch": bench_settings.batch,
+                        "tau": tau, "precision": precision, "repeats": bench_settings.repeats, "device": str(device)}
                 if variant == "fused_pooled":
-                    case["token_budget"] = settings.token_budget
+                    case["token_budget"] = bench_settings.token_budget
                 cases.append(case)
     return cases
 
 
-def run_bench(study: Settings, layout: Layout = Layout()) -> dict:
+def run_bench(settings: Settings, bench_settings: BenchSettings, layout: Layout = Layout()) -> dict:
     """Run every case of the ``bench:`` parameters; write and return
     ``{"device", "aggregation", "steps", "loader"}``."""
-    settings = study.bench
+    start_process()  # the allocator as in training, for the cases run in this process
     device = compute_device()
-    aggregation_todo = aggregation_cases(study, device)
-    models = model_cases(study)
-    cases = Cases(len(aggregation_todo) + len(models) * (1 + len(STEP_METHODS)) + len(settings.loader_datasets), device)
+    aggregation_todo = aggregation_cases(settings, bench_settings, device)
+    models = model_cases(settings, bench_settings)
+    cases = Cases(len(aggregation_todo) + len(models) * (1 + len(STEP_METHODS)) + len(bench_settings.loader_datasets), device)
     aggregation = [cases.run(f"aggregation {case['variant']} N={case['n']} K={case['classes']} B={case['batch']} {case['precision']}",
                              _aggregation_case, case) for case in aggregation_todo]
     steps = []
-    losses = {method: study.loss(method) for method in STEP_METHODS}
+    losses = {method: settings.loss(method) for method in STEP_METHODS}
     for model_case in models:
         case = {key: model_case[key] for key in ("size", "batch", "classes")} | {
-            "model": model_case["name"], "dataset": model_case.get("dataset"), "repeats": settings.step_repeats,
+            "model": model_case["name"], "dataset": model_case.get("dataset"), "repeats": bench_settings.step_repeats,
             "precision": str(autocast_dtype(model_case["train"].amp, device) or torch.float32).removeprefix("torch."),
             "device": str(device)}
         inputs = {"losses": losses, "train": model_case["train"]}
@@ -293,9 +293,9 @@ def run_bench(study: Settings, layout: Layout = Layout()) -> dict:
             peak = cases.run(f"peak memory {label}: {method}", step_memory, case | inputs | {"method": method})
             steps.append(case | {"method": method, "median_s": medians[method], "peak_mb": peak})
     loader = [cases.run(f"training loader {dataset}", _loader_case,
-                        {"spec": study.dataset(dataset), "train": study.train_of(dataset), "batches": settings.loader_batches,
+                        {"spec": settings.dataset(dataset), "train": settings.train_of(dataset), "batches": bench_settings.loader_batches,
                          "device": str(device)})
-              for dataset in settings.loader_datasets]
+              for dataset in bench_settings.loader_datasets]
     by_case = {(r["variant"], r["n"], r["classes"]): r for r in aggregation}
     for row in aggregation:
         reference = by_case.get(({"fused": "naive", "fused_pooled": "fused"}.get(row["variant"]), row["n"], row["classes"]))
@@ -303,8 +303,8 @@ def run_bench(study: Settings, layout: Layout = Layout()) -> dict:
             row[f"time_ratio_vs_{reference['variant']}"] = round(row["median_s"] / reference["median_s"], 3)
             row[f"memory_ratio_vs_{reference['variant']}"] = round(row["peak_mb"] / max(reference["peak_mb"], 1e-6), 4)
     for row in steps:
-        ce = [r for r in steps if r["model"] == row["model"] and r["size"] == row["size"] and r["method"] == "ce"][0]
-        row["time_ratio_vs_ce"] = round(row["median_s"] / ce["median_s"], 3)
+        baseline = [r for r in steps if r["model"] == row["model"] and r["size"] == row["size"] and r["method"] == BASELINE][0]
+        row["time_ratio_vs_ce"] = round(row["median_s"] / baseline["median_s"], 3)
     for row in loader:
         pals = [r for r in steps if r["dataset"] == row["dataset"] and r["method"] == "pals"]
         if pals:
@@ -315,13 +315,13 @@ def run_bench(study: Settings, layout: Layout = Layout()) -> dict:
     return report
 
 
-def bench(study: Settings, layout: Layout = Layout()) -> dict:
+def bench(settings: Settings, bench_settings: BenchSettings, layout: Layout = Layout()) -> dict:
     """The ``bench`` command: :func:`run_bench`, then its tables printed."""
     import json
 
     import pandas as pd
 
-    report = run_bench(study, layout)
+    report = run_bench(settings, bench_settings, layout)
     print(json.dumps(report["device"]))
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         for section in ("aggregation", "steps", "loader"):

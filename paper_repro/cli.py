@@ -13,9 +13,9 @@ submission and ``compare`` sets this workspace's results beside another run's. E
 status 2.
 
 In a DVC workspace (a ``dvc.yaml`` here) the stage commands write what ``dvc.yaml`` tracks, so
-they run with the parameters DVC records: ``params.yaml`` without overrides (but for
-``train.workers``, ``train.cache_decoded`` and ``train.checkpoint_every``, which change no
-output). Try other values with ``dvc exp run -S key=value``, or in a copy of the workspace.
+they run with the parameters DVC records: ``params.yaml`` without overrides (but for the ``train``
+settings that change no output, ``TrainSettings.RESUMABLE_ACROSS``). Try other values with
+``dvc exp run -S key=value``, or in a copy of the workspace.
 
 This module parses arguments, reads the settings once (``paper_repro/settings.py``) and hands
 each stage's entry function (``STAGES``) what it works on.
@@ -39,7 +39,8 @@ class Stage(NamedTuple):
     module: str  # paper_repro.<module> holds the stage's work
     entry: str  # its entry function
     target: str | None  # what it works on: "dataset" (entry(settings, DatasetSettings)), "run" (entry(RunSettings)),
-    # "notebook" (entry(name)), "compare" (entry(settings, reference, out)), "launch" (entry(settings, params_path=..., overrides=..., show=..., wait=...)) or None (entry(settings))
+    # "notebook" (entry(name)), "compare" (entry(settings, reference, out)), "bench" (entry(settings, BenchSettings)),
+    # "launch" (entry(settings, LaunchSettings, params_path=..., overrides=..., show=..., wait=...)) or None (entry(settings))
     help: str
     tracked: bool = True  # writes outputs dvc.yaml tracks
 
@@ -55,7 +56,7 @@ STAGES = {
     "report": Stage("report", "report", None, "summarise all runs into tables (mean, std, n, delta vs ce)"),
     "explain": Stage("explain", "explain", "dataset", "save the affinity maps and targets of the run named by explain: at a few pixels of one image"),
     "notebook": Stage("notebook", "execute", "notebook", "execute one notebook of notebooks_src/ into notebooks/, written only once every cell has run"),
-    "bench": Stage("bench", "bench", None, "time and measure the memory of PALS aggregation (naive vs fused) and ce/ls/pals training steps", False),
+    "bench": Stage("bench", "bench", "bench", "time and measure the memory of PALS aggregation (naive vs fused) and ce/ls/pals training steps", False),
     "launch": Stage("launch", "launch", "launch", "run the study's runs that are missing or stale as parallel jobs (local or SLURM) and record them in DVC", False),
     "preset": Stage("config", "write_preset", "preset", "write a preset's effective parameters (merged over its base) into params.yaml, which DVC reads", False),
     "predict": Stage("predict", "predict", "predict", "predict with a trained run on any images, or write a split's test-server submission", False),
@@ -146,15 +147,20 @@ def call_stage(args: argparse.Namespace) -> None:
         return
     check_tracked_outputs(args)
     settings = load_settings(args.params, args.overrides)
-    if args.stage == "bench" and settings.bench is None:
-        raise ParamsError(f"{args.params}: no bench: section (see params.yaml)")
     entry = getattr(importlib.import_module(f"{__package__}.{stage.module}"), stage.entry)
     if stage.target is None:
         entry(settings)
+    elif stage.target == "bench":
+        from .tool_settings import load_bench
+
+        entry(settings, load_bench(args.params, args.overrides))
     elif stage.target == "notebook":
         entry(args.name)
     elif stage.target == "launch":
-        entry(settings, params_path=args.params, overrides=args.overrides, show=args.status, wait=not args.no_wait)
+        from .tool_settings import load_launch
+
+        entry(settings, load_launch(args.params, args.overrides), params_path=args.params, overrides=args.overrides,
+              show=args.status, wait=not args.no_wait)
     elif stage.target == "compare":
         entry(settings, Path(args.reference), Path(args.out) if args.out else None)
     elif stage.target == "dataset":

@@ -18,7 +18,7 @@ import pandas as pd
 from .atomic import write_table
 from .layout import Layout
 from .report import GROUP, load_runs, summarise, with_paired
-from .settings import Settings
+from .settings import BASELINE, Settings
 
 log = logging.getLogger(__name__)
 RUN_KEYS = [*GROUP, "seed"]
@@ -45,7 +45,7 @@ def compare_verdicts(here: pd.DataFrame, there: pd.DataFrame) -> pd.DataFrame:
     interval here and in the reference, the two verdicts and whether the verdict holds."""
     columns = [*GROUP, "miou_delta_vs_ce", "miou_ci_low", "miou_ci_high", "miou_resolved"]
     cells = with_paired(here, "miou")[columns].merge(with_paired(there, "miou")[columns], on=GROUP, suffixes=("", "_reference"))
-    cells = cells[cells["method"] != "ce"].reset_index(drop=True)
+    cells = cells[cells["method"] != BASELINE].reset_index(drop=True)
     cells["verdict"] = cells.apply(verdict, axis=1)
     cells["verdict_reference"] = cells.apply(verdict, axis=1, suffix="_reference")
     cells["holds"] = cells["verdict"] == cells["verdict_reference"]
@@ -54,7 +54,7 @@ def compare_verdicts(here: pd.DataFrame, there: pd.DataFrame) -> pd.DataFrame:
 
 def compare(settings: Settings, reference: Path, out: Path | None = None, layout: Layout = Layout()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Compare every run of the study, the ablation and the schedule sensitivity here with the same runs under ``reference``."""
-    runs = [run for extra in (settings.study, settings.ablation, settings.schedule) if extra for run in extra.runs()]
+    runs = settings.runs()
     here, there = load_runs(runs, layout), load_runs(runs, Layout(reference))
     per_run, per_cell = compare_runs(here, there), compare_verdicts(here, there)
     with pd.option_context("display.width", 200, "display.max_rows", None, "display.max_columns", None):

@@ -10,7 +10,12 @@ class UserError(Exception):
 
 
 class ParamsError(UserError, ValueError):
-    """A parameter file or override that cannot be used; the message names the key."""
+    """A parameter file or override that cannot be used; the message names the key, and ``key`` holds it
+    where the raiser knows only the key within its own section (a caller prefixes the section's path)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class DataError(UserError, ValueError):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import IGNORE_INDEX
 from .atomic import save_npz
@@ -22,7 +21,7 @@ from .data import open_dataset
 from .data.transforms import eval_transforms
 from .evaluate import load_trained_model
 from .layout import Layout
-from .losses import loss_of
+from .losses import SmoothedTargetLoss, affinity_rows
 from .settings import DatasetSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -46,27 +45,24 @@ def explain(settings: Settings, dataset: DatasetSettings, layout: Layout = Layou
     explained_run = settings.run(settings.explain.run(dataset.name))
     run, spec = explained_run.run, dataset
     methods = list(settings.study.methods)
-    losses = {method: loss_of(settings.loss(method), spec.num_classes) for method in methods}
-    explained = losses[run.method]
+    losses = {method: SmoothedTargetLoss(settings.loss(method), spec.num_classes) for method in methods}
+    explained = explained_run.loss
     model = load_trained_model(explained_run, layout, torch.device("cpu"))
     data = open_dataset(spec, spec.eval_split, transforms=eval_transforms())
     image, label = data[0]
     output = model(image[None].contiguous(memory_format=torch.channels_last))
     logits, features = output["out"], output["feat"]
     per_pixel = {method: loss.targets(logits, label[None], features)[0] for method, loss in losses.items()}
-    keys = F.normalize(features[0].flatten(1), dim=0)  # [D, N]
     height, width = features.shape[-2:]
     label = label.numpy()
     pixels = query_pixels(label, settings.explain.pixels)
-    affinities = []
-    for y, x in pixels:
-        fy, fx = min(int(y * height / label.shape[0]), height - 1), min(int(x * width / label.shape[1]), width - 1)
-        affinities.append(torch.softmax(keys[:, fy * width + fx] @ keys / explained.tau, dim=0).reshape(height, width).numpy())
+    rows = [min(int(y * height / label.shape[0]), height - 1) * width + min(int(x * width / label.shape[1]), width - 1) for y, x in pixels]
+    affinities = affinity_rows(features, rows, explained.tau)[0].reshape(len(rows), height, width).numpy()
     targets = np.array([[per_pixel[method][:, y, x].double().numpy() for y, x in pixels] for method in methods])
     raw = data.read_rgb(0)
     output_path = layout.explanation(spec.name)
-    save_npz(output_path, image=raw, label=label, pixels=np.array(pixels), affinity=np.array(affinities),
-             methods=np.array(methods), targets=targets, settings=np.array([repr(settings.loss(m)) for m in methods]),
+    save_npz(output_path, image=raw, label=label, pixels=np.array(pixels), affinity=affinities, methods=np.array(methods),
+             descriptions=np.array([settings.loss(m).describe() for m in methods]), targets=targets,
              explained_method=run.method, tau=explained.tau, alpha=explained.alpha, image_id=data.ids[0], run=run.name)
     log.info("wrote %s", output_path)
     return output_path

@@ -46,6 +46,7 @@ from .layout import Layout, Run
 from .run import remove_stale_runs
 from .runtime import threads_per_job
 from .settings import Settings
+from .tool_settings import LaunchSettings
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,10 @@ def check_arguments(params_path: str, overrides: list[str]) -> None:
 class Launcher:
     """Submits, watches and records the runs of one parameter set (see the module's docstring)."""
 
-    def __init__(self, study: Settings) -> None:
-        if study.launch is None:
-            raise ParamsError("params.yaml: no launch: section (see the one in the repository's params.yaml)")
-        self.settings = study.launch
-        self.study = study
-        self.stages = stages_of(study)  # run -> its stage in dvc.yaml
+    def __init__(self, settings: Settings, launch_settings: LaunchSettings) -> None:
+        self.settings = launch_settings
+        self.study_settings = settings
+        self.stages = stages_of(settings)  # run -> its stage in dvc.yaml
         self.folder = Path(self.settings.folder)
         self.state_path = self.folder / "state.json"
         self.state: dict[str, dict] = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
@@ -187,23 +186,15 @@ class Launcher:
         return verdict
 
     def launch(self, wait: bool) -> None:
+        """Bring the runs' inputs up to date, then submit every stale run and watch the jobs until all are
+        done (or, with ``wait`` false on SLURM, until they are submitted), recording each finished stage."""
         local = self.settings.executor == "local"
-        if not wait and local:
-            raise ParamsError("launch --no-wait needs launch.executor: slurm (local jobs end with the launcher)")
-        if not local and shutil.which("srun") is None:
-            raise LaunchError("launch.executor slurm: this machine has no srun; launch from a SLURM login node, or use local")
+        self.check_executor(local, wait)
         log.info("bringing the runs' inputs up to date: dvc repro %s", " ".join(UPSTREAM))
         dvc("repro", *UPSTREAM)
         runs = stale_runs(self.stages)
         log.info("%d runs to run, %s executor", len(runs), self.settings.executor)
-        running: dict[Run, tuple[submitit.Job, int | None]] = {}  # run -> (job, its local slot)
-        queue = []
-        for run in runs:  # a SLURM job recorded as running is watched (or its end taken), never submitted twice
-            if not local and self.state.get(run_key(run), {}).get("state") == "running":
-                running[run] = (self.job(run), None)
-            else:
-                self.record(run, state="pending", attempt=0, reason=None)
-                queue.append(run)
+        running, queue = self.running_and_queued(runs, local)
         capacity = len(self.slots) if local else len(runs)
         progress = tqdm(total=len(runs), desc="runs", unit="run")
         failed, unfinished = [], {}  # stage -> its runs not done yet
@@ -219,34 +210,66 @@ class Launcher:
                 print(f"{len(running)} runs queued or running on SLURM; `python -m paper_repro launch` again waits for them "
                       "and records them in DVC, `--status` shows them")
                 return
-            finished = []
-            for run, (job, _) in list(running.items()):
-                if not job.done():
-                    continue
-                del running[run]
-                verdict = self.outcome(run, job)
-                if verdict == "retry":
-                    queue.insert(0, run)
-                    continue
-                progress.update()
-                (finished if verdict == "done" else failed).append(run)
-            complete = {}  # stage -> its dataset, for the stages whose last run just finished
-            for run in finished:
-                unfinished[self.stages[run]].discard(run)
-                if not unfinished[self.stages[run]]:
-                    complete[self.stages[run]] = run.dataset
-            for dataset in complete.values():
-                remove_stale_runs(Layout(), dataset, self.study.runs(dataset))
-            if complete:
-                dvc("commit", "--force", *complete)
-                log.info("recorded in dvc.lock: %s", ", ".join(complete))
+            finished = self.collect_finished(running, queue, failed, progress)
+            self.record_complete_stages(finished, unfinished)
             time.sleep(POLL_SECONDS if running else 0)
         progress.close()
+        self.raise_for_failures(runs, failed)
+        print(f"{len(runs)} runs done and recorded; `dvc repro` now runs what follows them (report, explain, notebooks)")
+
+    def check_executor(self, local: bool, wait: bool) -> None:
+        if not wait and local:
+            raise ParamsError("launch --no-wait needs launch.executor: slurm (local jobs end with the launcher)")
+        if not local and shutil.which("srun") is None:
+            raise LaunchError("launch.executor slurm: this machine has no srun; launch from a SLURM login node, or use local")
+
+    def running_and_queued(self, runs: list[Run], local: bool) -> tuple[dict[Run, tuple[submitit.Job, int | None]], list[Run]]:
+        """``({run: (job, its local slot)}, runs to submit)``: a SLURM job recorded as running is watched (or its end
+        taken), never submitted twice; every other run is queued afresh."""
+        running, queue = {}, []
+        for run in runs:
+            if not local and self.state.get(run_key(run), {}).get("state") == "running":
+                running[run] = (self.job(run), None)
+            else:
+                self.record(run, state="pending", attempt=0, reason=None)
+                queue.append(run)
+        return running, queue
+
+    def collect_finished(self, running: dict, queue: list[Run], failed: list[Run], progress) -> list[Run]:
+        """The runs whose jobs ended well since the last look; one to retry goes back to the queue's head, one that
+        failed for good to ``failed``."""
+        finished = []
+        for run, (job, _) in list(running.items()):
+            if not job.done():
+                continue
+            del running[run]
+            verdict = self.outcome(run, job)
+            if verdict == "retry":
+                queue.insert(0, run)
+                continue
+            progress.update()
+            (finished if verdict == "done" else failed).append(run)
+        return finished
+
+    def record_complete_stages(self, finished: list[Run], unfinished: dict[str, set[Run]]) -> None:
+        """Record in ``dvc.lock`` (``dvc commit``) each dataset's stage whose last run just finished, after removing
+        the files of runs its parameters no longer name."""
+        complete = {}  # stage -> its dataset
+        for run in finished:
+            unfinished[self.stages[run]].discard(run)
+            if not unfinished[self.stages[run]]:
+                complete[self.stages[run]] = run.dataset
+        for dataset in complete.values():
+            remove_stale_runs(Layout(), dataset, self.study_settings.runs(dataset))
+        if complete:
+            dvc("commit", "--force", *complete)
+            log.info("recorded in dvc.lock: %s", ", ".join(complete))
+
+    def raise_for_failures(self, runs: list[Run], failed: list[Run]) -> None:
         failed = [run for run in runs if run in failed]  # in the matrix's order
         if failed:
             described = [f"{run_key(run)} ({self.state[run_key(run)]['reason']}, log {self.state[run_key(run)]['log']})" for run in failed]
             raise LaunchError(f"{len(failed)} of {len(runs)} runs failed: " + "; ".join(described))
-        print(f"{len(runs)} runs done and recorded; `dvc repro` now runs what follows them (report, explain, notebooks)")
 
     def table(self) -> pd.DataFrame:
         """pending / running / done / failed per run, with its attempts, job and log."""
@@ -261,10 +284,11 @@ class Launcher:
         return pd.DataFrame(rows)
 
 
-def launch(study: Settings, params_path: str = "params.yaml", overrides: list[str] = (), show: bool = False, wait: bool = True) -> None:
+def launch(settings: Settings, launch_settings: LaunchSettings, params_path: str = "params.yaml", overrides: list[str] = (),
+           show: bool = False, wait: bool = True) -> None:
     """The ``launch`` command (see the module's docstring)."""
     check_arguments(params_path, list(overrides))
-    launcher = Launcher(study)
+    launcher = Launcher(settings, launch_settings)
     if show:
         print(launcher.table().to_string(index=False))
         return

@@ -6,15 +6,14 @@ Every loss here is a cross-entropy against a per-pixel target of the form
 
 and differs only in the smoothing distribution ``q`` and the weight ``alpha``:
 
-=================  ===========  ==============================================
-name               alpha        q_i
-=================  ===========  ==============================================
-``ce``             1            (unused)
-``ls``             1 - eps      uniform 1/K
-``pals``           alpha        sum_j A_ij p_j, A = softmax(<f_i, f_j> / tau)
-``pals_no_onehot`` 0            as ``pals``
-``pals_uniform``   alpha        mean_j p_j (A uniform over the image)
-=================  ===========  ==============================================
+===============  ===========  ==============================================
+name             alpha        q_i
+===============  ===========  ==============================================
+``ce``           1            (unused)
+``ls``           1 - eps      uniform 1/K
+``pals``         alpha        sum_j A_ij p_j, A = softmax(<f_i, f_j> / tau)
+``pals_uniform`` alpha        mean_j p_j (A uniform over the image)
+===============  ===========  ==============================================
 
 The table's names and parameters, and their rules, are ``settings.LOSSES``; a method's
 :class:`~paper_repro.settings.LossSettings` says which row it is. The loss is the mean over
@@ -33,7 +32,7 @@ from torch import nn
 from . import IGNORE_INDEX
 from .settings import LossSettings
 
-__all__ = ["aggregate_predictions", "padded_widths", "teacher_probabilities", "build_loss", "loss_of", "SmoothedTargetLoss", "SoftTargetCrossEntropy"]
+__all__ = ["aggregate_predictions", "affinity_rows", "padded_widths", "teacher_probabilities", "SmoothedTargetLoss", "SoftTargetCrossEntropy"]
 
 
 def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: float, token_budget: int = 0,
@@ -89,16 +88,15 @@ def aggregate_predictions(features: torch.Tensor, probs: torch.Tensor, tau: floa
     if feature_width < dim or value_width < classes:
         raise ValueError(f"widths {(feature_width, value_width)} must be at least (D, K) = {(dim, classes)}")
 
-    def tokens(x: torch.Tensor, width: int, normalise: bool) -> torch.Tensor:
-        """``[B, C, h, w]`` -> ``[B, 1, h*w, width]``, zero-padded, contiguous (fused kernels need a unit last stride)."""
-        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])  # a view for channels-last input
-        x = F.normalize(x, dim=-1) if normalise else x
-        return F.pad(x, (0, width - x.shape[-1])).to(dtype).unsqueeze(1).contiguous()
+    def padded(tokens: torch.Tensor, width: int) -> torch.Tensor:
+        """``[B, n, C]`` -> ``[B, 1, n, width]``, zero-padded, contiguous (fused kernels need a unit last stride)."""
+        return F.pad(tokens, (0, width - tokens.shape[-1])).to(dtype).unsqueeze(1).contiguous()
 
-    queries = tokens(features, feature_width, normalise=True)
-    keys = queries if key_features is features else tokens(key_features, feature_width, normalise=True)
+    queries = padded(normalised_tokens(features), feature_width)
+    keys = queries if key_features is features else padded(normalised_tokens(key_features), feature_width)
+    values = padded(key_probs.permute(0, 2, 3, 1).reshape(batch, -1, classes), value_width)
     with torch.autocast(device_type, enabled=False):  # the dtype is chosen above, explicitly
-        aggregated = F.scaled_dot_product_attention(queries, keys, tokens(key_probs, value_width, normalise=False), scale=1.0 / tau)
+        aggregated = F.scaled_dot_product_attention(queries, keys, values, scale=1.0 / tau)
     aggregated = aggregated[:, 0, :, :classes].float().contiguous()  # unpadded: bilinear upsampling is 2x faster on it
     return aggregated.reshape(batch, height, width, classes).permute(0, 3, 1, 2)  # channels-last
 
@@ -133,59 +131,58 @@ def pooled_size(height: int, width: int, token_budget: int) -> tuple[int, int]:
     return math.ceil(height / stride), math.ceil(width / stride)
 
 
-def teacher_probabilities(logits: torch.Tensor, size: tuple[int, int], temperature: float) -> torch.Tensor:
+def teacher_probabilities(logits: torch.Tensor, size: tuple[int, int], T: float) -> torch.Tensor:
     """``p = softmax(downsample(z) / T)``, detached (docs/method.md, step 1)."""
     small = F.interpolate(logits.detach().float(), size=size, mode="bilinear", align_corners=False)
-    return torch.softmax(small / temperature, dim=1)
+    return torch.softmax(small / T, dim=1)
+
+
+def normalised_tokens(features: torch.Tensor) -> torch.Tensor:
+    """``f_i = F_i / ||F_i||`` (docs/method.md, step 2): ``[B, D, h, w]`` -> ``[B, h*w, D]``, detached, float32."""
+    features = features.detach().float()
+    return F.normalize(features.permute(0, 2, 3, 1).reshape(features.shape[0], -1, features.shape[1]), dim=-1)
+
+
+def affinity_rows(features: torch.Tensor, pixels: list[int], tau: float) -> torch.Tensor:
+    """Rows ``A_i = softmax_j(<f_i, f_j> / tau)`` (docs/method.md, step 3) of the feature pixels ``pixels``
+    (indices into the ``h*w`` grid) of each image, ``[B, len(pixels), h*w]``: the materialised form of the
+    affinity that :func:`aggregate_predictions` applies without ever writing it, for a few rows at a time."""
+    tokens = normalised_tokens(features)
+    return torch.softmax(tokens[:, pixels] @ tokens.transpose(1, 2) / tau, dim=-1)
 
 
 class SmoothedTargetLoss(nn.Module):
-    """Cross-entropy against ``alpha * onehot(y) + (1 - alpha) * q`` (docs/method.md, steps 5-6).
+    """Cross-entropy against ``alpha * onehot(y) + (1 - alpha) * q`` (docs/method.md, steps 5-6), as a
+    method's :class:`~paper_repro.settings.LossSettings` describe it.
 
     ``smoothing`` is ``None`` for plain cross-entropy, ``"uniform"`` for ``q = 1/K``,
     ``"aggregated"`` for the PALS distribution and ``"image_mean"`` for the image-adaptive
-    variant with a uniform affinity (``settings.LossSettings`` checks the values). With ``ramp``
-    > 0 the weight ``1 - alpha`` of ``q`` grows linearly from 0, at the start of training, to its
-    value once the share ``ramp`` of training has passed (docs/method.md, section 3); ``progress``
-    says how far training is (iteration / iterations; 1 outside training). Calling the module
-    returns the mean over valid pixels.
+    variant with a uniform affinity. With ``ramp`` > 0 the weight ``1 - alpha`` of ``q`` grows
+    linearly from 0, at the start of training, to its value once the share ``ramp`` of training
+    has passed (docs/method.md, section 3); ``progress`` says how far training is (iteration /
+    iterations; 1 outside training). Calling the module returns the mean over valid pixels.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        alpha: float,
-        smoothing: str | None,
-        ignore_index: int = IGNORE_INDEX,
-        tau: float = 0.1,
-        temperature: float = 1.0,
-        token_budget: int = 0,
-        ramp: float = 0.0,
-    ) -> None:
+    def __init__(self, settings: LossSettings, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.alpha = float(alpha)
-        self.smoothing = smoothing if alpha < 1.0 else None
-        self.ignore_index = ignore_index
-        self.tau = float(tau)
-        self.temperature = float(temperature)
-        self.token_budget = int(token_budget)
-        self.ramp = float(ramp)
+        self.settings, self.num_classes, self.ignore_index = settings, num_classes, ignore_index
+        self.alpha, self.smoothing = settings.alpha, settings.smoothing
 
     def one_hot_weight(self, progress: float) -> float:
-        """The weight of the one-hot label at training ``progress``: ``alpha`` once the ramp has passed."""
-        if progress >= self.ramp:
+        """The weight of the one-hot label at training ``progress``: ``alpha`` once the ramp (if any) has passed."""
+        ramp = self.settings.ramp or 0.0
+        if progress >= ramp:
             return self.alpha
-        return 1.0 - (1.0 - self.alpha) * progress / self.ramp
+        return 1.0 - (1.0 - self.alpha) * progress / ramp
 
     def smoothing_distribution(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """``q`` at the logits' resolution, ``[B, K, H, W]`` or broadcastable to it (steps 1-4)."""
         if self.smoothing == "uniform":  # float32 even for half-precision logits: in bf16, 19 * (1/19) = 1.002
             return torch.full((1, self.num_classes, 1, 1), 1.0 / self.num_classes, dtype=torch.float32, device=logits.device)
-        probs = teacher_probabilities(logits, features.shape[-2:], self.temperature)
+        probs = teacher_probabilities(logits, features.shape[-2:], self.settings.T)
         if self.smoothing == "image_mean":
             return probs.mean(dim=(2, 3), keepdim=True)
-        aggregated = aggregate_predictions(features, probs, self.tau, self.token_budget)
+        aggregated = aggregate_predictions(features, probs, self.settings.tau, self.settings.token_budget)
         return F.interpolate(aggregated, size=logits.shape[-2:], mode="bilinear", align_corners=False)
 
     def targets(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
@@ -265,19 +262,3 @@ class SoftTargetCrossEntropy(torch.autograd.Function):
             grad.sub_(q, alpha=1.0 - ctx.alpha)
         grad.mul_((valid * (grad_output / count)).unsqueeze(-1))
         return grad.to(ctx.logits_dtype).permute(0, 3, 1, 2), None, None, None, None
-
-
-def loss_of(settings: LossSettings, num_classes: int, ignore_index: int = IGNORE_INDEX) -> SmoothedTargetLoss:
-    """The training loss a method's settings describe."""
-    return SmoothedTargetLoss(num_classes, settings.alpha, settings.smoothing, ignore_index, tau=settings.tau,
-                              temperature=settings.T, token_budget=settings.token_budget, ramp=settings.ramp)
-
-
-def build_loss(name: str, num_classes: int, ignore_index: int = IGNORE_INDEX, **params) -> SmoothedTargetLoss:
-    """Build a loss by name; ``params`` are the loss's own parameters (``settings.LOSSES``).
-
-    Defaults (docs/method.md, section 3 gives the reasons): ``eps = 0.1``, ``alpha = 0.5``,
-    ``T = 1``, ``tau = 0.1``; ``token_budget = 0``: no pooling before the aggregation (see
-    ``aggregate_predictions``). A bad name or value is a ``ParamsError`` (a ``ValueError``).
-    """
-    return loss_of(LossSettings.of(name, params), num_classes, ignore_index)

@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .data import class_colours
+from .data import KINDS, class_colours
+from .settings import BASELINE
 
 # The only figures the paper's abstract gives: PALS minus cross-entropy mIoU (points) on the
 # Cityscapes *test* set at 10/30/50/100% of the training labels.
 PAPER_CITYSCAPES_TEST_DELTAS = {10: 0.076, 30: 1.848, 50: 1.137, 100: 1.063}
-METHOD_ORDER = ["ce", "ls", "pals"]
+METHOD_ORDER = [BASELINE, "ls", "pals"]
+FIGURE_BACKGROUND = (225, 225, 225)  # VOC's background class in figures, light grey: its dark classes (cat 64,0,0) vanish on black
 
 # Sanity bands for a real preset's `ce`: the supervised-only DeepLabV3+ ResNet-101 baselines that
 # two semi-supervised segmentation papers report (U2PL, Wang et al. CVPR 2022, "SupOnly";
@@ -40,7 +42,7 @@ def paired_delta_table(table: pd.DataFrame, column: str, index: str = "method", 
     """A pivot of ``"difference [95% interval]"`` strings: each method's mean per-seed difference to
     ``ce`` with its paired t-interval (report columns ``<column>_delta_vs_ce``, ``_ci_low``, ``_ci_high``),
     marked ``*`` where the interval excludes 0."""
-    rows = table[table["method"] != "ce"]
+    rows = table[table["method"] != BASELINE]
     signed = "{:+.2f}".format
     cells = rows.assign(cell=rows[f"{column}_delta_vs_ce"].map(signed) + " [" + rows[f"{column}_ci_low"].map(signed) + ", "
                         + rows[f"{column}_ci_high"].map(signed) + "]" + rows[f"{column}_resolved"].map({True: " *", False: ""}))
@@ -86,24 +88,79 @@ def reliability_diagram(bins: pd.DataFrame, ax: plt.Axes, label: str) -> None:
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
 
 
+def figure_colours(kind: str) -> np.ndarray:
+    """``[256, 3]`` uint8 colours of a dataset kind's train ids in figures: the dataset's own palette (ignored pixels
+    black), but VOC's background light grey, so that its darkest classes stand out."""
+    colours = class_colours(kind).copy()
+    if kind == "voc":
+        colours[0] = FIGURE_BACKGROUND
+    return colours
+
+
 def colourise(label: np.ndarray, kind: str) -> np.ndarray:
-    """Train-id labels ``[H, W]`` as the dataset's colours ``[H, W, 3]`` (ignored pixels in black)."""
-    return class_colours(kind)[label]
+    """Train-id labels ``[H, W]`` as the figure colours ``[H, W, 3]`` (:func:`figure_colours`)."""
+    return figure_colours(kind)[label]
+
+
+def class_handles(kind: str, labels: list[np.ndarray]) -> list[plt.Rectangle]:
+    """Legend handles naming the figure colour of every class present in ``labels`` (train-id maps), and of
+    ignored pixels if any."""
+    present = sorted(set(np.concatenate([np.unique(label) for label in labels]).tolist()))
+    colours, names = figure_colours(kind), KINDS[kind].classes
+    return [plt.Rectangle((0, 0), 1, 1, facecolor=colours[k] / 255, edgecolor="grey", linewidth=0.5,
+                          label=names[k] if k < len(names) else "ignored") for k in present]
+
+
+def label_points(ax: plt.Axes, xs, ys, names, fontsize: int = 7) -> None:
+    """Name each point beside it, choosing for each label (in order of x) the first of a few offsets whose text
+    overlaps neither a label placed before nor a point."""
+    figure = ax.figure
+    renderer = figure.canvas.get_renderer()
+    points = ax.transData.transform(np.column_stack([xs, ys]))
+    placed = []
+    offsets = [(4, 2, "left"), (4, -9, "left"), (-4, 2, "right"), (-4, -9, "right"), (4, 9, "left"), (4, -16, "left"),
+               (-4, 9, "right"), (-4, -16, "right"), (4, 16, "left"), (-4, 16, "right")]
+    for index in np.argsort(xs, kind="stable"):
+        for dx, dy, align in offsets:
+            text = ax.annotate(names[index], (xs[index], ys[index]), xytext=(dx, dy), textcoords="offset points",
+                               fontsize=fontsize, ha=align, va="bottom")
+            box = text.get_window_extent(renderer).expanded(1.05, 1.1)
+            clear = not any(box.overlaps(other) for other in placed) and not any(
+                box.contains(*point) for point in points)
+            if clear or (dx, dy, align) == offsets[-1]:
+                placed.append(box)
+                break
+            text.remove()
+
+
+AGGREGATION_VARIANTS = {  # bench variant -> (its name in figures, colour, marker)
+    "naive": ("materialised N x N affinity", "tab:red", "o"),
+    "fused": ("fused attention (the method)", "tab:blue", "s"),
+    "fused_pooled": ("fused, keys pooled", "tab:green", "^"),
+}
 
 
 def bench_scaling(aggregation: pd.DataFrame, time_ax: plt.Axes, memory_ax: plt.Axes) -> None:
-    """Median time and peak memory of the PALS aggregation against N, per variant and class count, log-log.
-    Peaks under 1 MB (below the resident-set measurement's resolution) are left out of the memory plot."""
+    """Median time and peak memory of the PALS aggregation against N, log-log: a colour and marker per variant,
+    a line style per class count (solid K = the first, dashed the next, with hollow markers, so that lines that
+    coincide stay visible). Peaks under 1 MB, below the resident-set measurement's resolution, are left out of the
+    memory plot, which says so."""
+    styles = dict(zip(sorted(aggregation["classes"].unique()), (("-", "full"), ("--", "none"), (":", "none"))))
     for (variant, classes), rows in aggregation.groupby(["variant", "classes"], sort=False):
         rows = rows.sort_values("n")
-        style = {"naive": "o-", "fused": "s-", "fused_pooled": "^--"}[variant]
-        time_ax.plot(rows["n"], rows["median_s"], style, label=f"{variant}, K={classes}")
+        name, colour, marker = AGGREGATION_VARIANTS[variant]
+        line, fill = styles[classes]
+        style = {"color": colour, "marker": marker, "linestyle": line, "fillstyle": fill, "label": f"{name}, K = {classes}"}
+        time_ax.plot(rows["n"], rows["median_s"], **style)
         measured = rows[rows["peak_mb"] >= 1]
-        memory_ax.plot(measured["n"], measured["peak_mb"], style, label=f"{variant}, K={classes}")
+        memory_ax.plot(measured["n"], measured["peak_mb"], **style)
+    if (aggregation["peak_mb"] < 1).any():
+        memory_ax.text(0.98, 0.02, "peaks under 1 MB not shown\n(below the measurement's resolution)", transform=memory_ax.transAxes,
+                       ha="right", va="bottom", fontsize=7, color="grey")
     for ax, label in ((time_ax, "median time (s)"), (memory_ax, "peak memory (MB)")):
-        ax.set(xscale="log", yscale="log", xlabel="N = h*w feature pixels per image", ylabel=label)
+        ax.set(xscale="log", yscale="log", xlabel="N = h x w feature pixels per image", ylabel=label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
 
 
 def published_supervised() -> pd.DataFrame:
@@ -119,7 +176,7 @@ def sanity_bands(main: pd.DataFrame, params: dict) -> pd.DataFrame:
     log(percent) between its published splits (none outside them), the band is their [min, max],
     and ``outside`` the points by which the mean misses the band (0 inside it)."""
     published, rows = published_supervised(), []
-    for (dataset, percent), ce in main[main["method"] == "ce"].set_index(["dataset", "percent"]).iterrows():
+    for (dataset, percent), ce in main[main["method"] == BASELINE].set_index(["dataset", "percent"]).iterrows():
         spec = params["datasets"][dataset]
         if spec.get("generate") is not None:
             continue

@@ -42,7 +42,7 @@ from .layout import Layout
 from .metrics import average_precision
 from .models import SmallBackbone
 from .runtime import device as compute_device
-from .runtime import keep_freed_memory
+from .runtime import start_process
 from .settings import PretrainSettings, Settings
 from .train import build_optimisation
 
@@ -97,27 +97,27 @@ def held_out_scores(model: nn.Module, images: torch.Tensor, device: torch.device
     return torch.cat([model(normalise(images[i:i + batch_size].to(device))).sigmoid().cpu() for i in range(0, len(images), batch_size)])
 
 
-def pretrain(study: Settings, layout: Layout = Layout()) -> dict:
+def pretrain(settings: Settings, layout: Layout = Layout()) -> dict:
     """Pretrain the small backbone on source presence labels (or, for a model that does not load its
     weights, record what the runs start from); returns the metrics it writes."""
-    if not study.model.loads_pretrain_stage:
-        return record_without_pretraining(study, layout)
-    keep_freed_memory()
-    settings = study.pretrain
+    if not settings.model.loads_pretrain_stage:
+        return record_without_pretraining(settings, layout)
+    start_process()
+    source_task = settings.pretrain
     device = compute_device()
-    train_images, train_presence = source_set(settings, "train")
-    held_images, held_presence = source_set(settings, "held_out")
+    train_images, train_presence = source_set(source_task, "train")
+    held_images, held_presence = source_set(source_task, "held_out")
     log.info("pretraining the deeplabv3plus_small backbone: %d source images (%d held out), %d iterations of batch %d on %s",
-             len(train_images), len(held_images), settings.iterations, settings.batch_size, device)
+             len(train_images), len(held_images), source_task.iterations, source_task.batch_size, device)
 
-    seed_everything(settings.seed)
+    seed_everything(source_task.seed)
     model = PresenceClassifier(SmallBackbone(), len(SOURCE_CLASSES)).to(device, memory_format=torch.channels_last)
-    optimizer, scheduler, _ = build_optimisation(model, settings, None, device)
-    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer, scheduler, _ = build_optimisation(model, source_task, None, device)
+    generator = torch.Generator().manual_seed(source_task.seed)
     rows = []
     model.train()
-    for iteration, (index, flip) in enumerate(tqdm(batches(len(train_images), settings.batch_size, settings.iterations, generator),
-                                                   total=settings.iterations, desc="pretrain"), start=1):
+    for iteration, (index, flip) in enumerate(tqdm(batches(len(train_images), source_task.batch_size, source_task.iterations, generator),
+                                                   total=source_task.iterations, desc="pretrain"), start=1):
         images = train_images[index]
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         images = normalise(images.to(device)).contiguous(memory_format=torch.channels_last)
@@ -139,18 +139,18 @@ def pretrain(study: Settings, layout: Layout = Layout()) -> dict:
         "images": len(train_images), "held_out": len(held_images), "final_loss": rows[-1]["loss"],
     }
     log.info("held-out mAP %.1f (chance %.1f)", metrics["held_out_mAP"], metrics["chance_mAP"])
-    save_torch({"config": asdict(settings), "backbone": model.backbone.cpu().state_dict()}, layout.pretrained_backbone())
+    save_torch({"config": asdict(source_task), "backbone": model.backbone.cpu().state_dict()}, layout.pretrained_backbone())
     write_rows(rows, LOG_FIELDS, layout.pretrain_log())
     write_json(metrics, layout.pretrain_metrics())
     return metrics
 
 
-def record_without_pretraining(study: Settings, layout: Layout) -> dict:
+def record_without_pretraining(settings: Settings, layout: Layout) -> dict:
     """The stage's outputs for a model that does not load its weights: a backbone file without weights
     naming what the runs start from, an empty log, and metrics saying why nothing was pretrained."""
-    start = "torchvision's ImageNet weights" if study.model.pretrained_backbone else "random initialisation"
-    metrics = {"pretrained": False, "model": study.model.name, "starts_from": start}
-    log.info("%s starts from %s: nothing to pretrain", study.model.name, start)
+    start = "torchvision's ImageNet weights" if settings.model.pretrained_backbone else "random initialisation"
+    metrics = {"pretrained": False, "model": settings.model.name, "starts_from": start}
+    log.info("%s starts from %s: nothing to pretrain", settings.model.name, start)
     save_torch({"config": metrics, "backbone": {}}, layout.pretrained_backbone())
     write_rows([], LOG_FIELDS, layout.pretrain_log())
     write_json(metrics, layout.pretrain_metrics())

@@ -142,14 +142,14 @@ def per_class(runs: list[Run], layout: Layout) -> pd.DataFrame:
 
 def report(settings: Settings, layout: Layout = Layout()) -> dict[str, Path]:
     """Write the study's tables; returns their paths by name."""
-    study = settings.study.runs()
-    runs = load_runs(study, layout)
+    study_runs = settings.study.runs()
+    runs = load_runs(study_runs, layout)
     tables = {
         "runs": runs.round(4),
         "main": with_paired(runs, "miou"),
         "calibration": with_paired(runs, "ece").merge(summarise(runs, "pixel_accuracy").drop(columns="n"), on=GROUP),
         "boundary": with_paired(runs, "boundary_miou").merge(with_paired(runs, "interior_miou").drop(columns="n"), on=GROUP),
-        "per_class": per_class(study, layout),
+        "per_class": per_class(study_runs, layout),
     }
     if settings.ablation:  # the ablation's variants beside the study's ce and pals runs of the same percents and seeds
         ablation = load_runs(settings.ablation.runs((BASELINE, ABLATED, *settings.ablation.methods)), layout)

@@ -17,12 +17,8 @@ the dataset's run folders is removed first, so that the stage's outputs hold the
 from __future__ import annotations
 
 import logging
-
-import os
 import shutil
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from multiprocessing import current_process, get_context
 
@@ -30,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .evaluate import evaluate
 from .layout import Layout, Run
-from .runtime import threads_per_job
+from .runtime import rank, threads_per_job, worker_environment
 from .settings import DatasetSettings, RunSettings, Settings
 from .train import train
 
@@ -40,7 +36,7 @@ log = logging.getLogger(__name__)
 def run(settings: RunSettings, layout: Layout = Layout()) -> dict | None:
     """Train the run (under ``torchrun``: every rank), then evaluate it on rank 0; returns its metrics there."""
     train(settings, layout)
-    if int(os.environ.get("RANK", "0")) > 0:
+    if rank() > 0:
         return None
     return evaluate(settings, layout)
 
@@ -53,21 +49,6 @@ def remove_stale_runs(layout: Layout, dataset: str, runs: list[Run]) -> None:
             if entry not in kept:
                 log.info("removing %s: no run of the parameters writes it", entry)
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-
-
-@contextmanager
-def environment(**variables: str) -> Iterator[None]:
-    """``os.environ`` with ``variables`` set, for the processes started inside."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
 
 
 def start_worker() -> None:
@@ -96,7 +77,7 @@ def run_dataset(settings: Settings, dataset: DatasetSettings, layout: Layout = L
             run(one, layout)
             progress.update()
     else:  # workers started with their threads and without per-iteration progress bars (two would interleave)
-        with environment(OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1"):
+        with worker_environment(threads):
             pool = get_context("spawn").Pool(at_once, initializer=start_worker)
         try:
             for _ in pool.imap_unordered(partial(run, layout=layout), work):

@@ -1,6 +1,14 @@
 """Where and how a stage computes: the device, the processes of a distributed run, threads,
 autocast and the allocator. The one place each of these is decided.
 
+Process-wide state is set here and only at entry points: :func:`start_process` (the allocator)
+by the entry functions of what trains (``train.train``, also in the ``runs`` stage's workers,
+``pretrain.pretrain``, ``bench.run_bench`` and the benchmark's child processes);
+:func:`worker_environment` (threads, progress bars) by
+the ``runs`` stage around starting its pool; the rank of a distributed run is read by
+:func:`rank` and :func:`setup_distributed`. The notebooks' display settings are their first
+cell's (``notebook.setup``).
+
 Threads: PyTorch uses every core by default, which is right for one process alone and wrong for
 several at once (two 2-thread processes on 2 cores together run 2.7x slower than one). The
 ``runs`` stage's worker processes and the ``launch`` command's concurrent jobs each get
@@ -13,6 +21,8 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -36,6 +46,11 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return (dist.get_rank() if world > 1 else 0), world, here
 
 
+def rank() -> int:
+    """This process's rank in a distributed run (``torchrun`` sets ``RANK``); 0 alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def thread_budget() -> int:
     """The threads this process may use in all: ``OMP_NUM_THREADS`` if set, else the cores it may run on."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
@@ -55,13 +70,35 @@ def autocast_dtype(amp: str, where: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+def start_process() -> None:
+    """What every entry point sets once for the whole process: the allocator keeps freed memory (:func:`keep_freed_memory`)."""
+    keep_freed_memory()
+
+
+@contextmanager
+def worker_environment(threads: int) -> Iterator[None]:
+    """``os.environ`` for worker processes started inside: ``threads`` threads each (``OMP_NUM_THREADS``, read by
+    PyTorch when a spawned worker imports it) and no progress bars (``TQDM_DISABLE``: several would interleave)."""
+    variables = {"OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+
+
 def keep_freed_memory() -> None:
     """Have glibc keep freed memory for reuse instead of returning it to the system (no-op without glibc).
 
     A training step allocates and frees the same multi-megabyte tensors at every iteration.
     With glibc's defaults many of them are fresh ``mmap`` regions whose pages fault in anew
     each time, at about 1 ms per 5 MB tensor on a 2-core CPU; served from a heap that is not
-    trimmed they cost nothing extra. ``python -m paper_repro bench`` measures steps with it.
+    trimmed they cost nothing extra. Training, pretraining and the benchmark's steps all run with it.
     """
     if platform.libc_ver()[0] != "glibc":
         return

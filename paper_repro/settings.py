@@ -1,4 +1,9 @@
-"""The parameters as typed, validated settings: the one owner of every rule a parameter obeys.
+"""The parameters as typed, validated settings: the one owner of every rule a stage's parameter obeys.
+
+Each rule is a :class:`Rule`: its test and the words an error says it with, written once. The
+sections of the two commands that are not stages (``bench:`` and ``launch:``) are read by
+``tool_settings.py`` with the same rules; no stage loads that module, so their schema is not
+part of what every run depends on.
 
 :func:`resolve` turns the parameter tree (``paper_repro/config.py`` reads it) into one immutable
 :class:`Settings`, checking every section before any stage does work, so that a bad value stops
@@ -15,6 +20,7 @@ settings from here, and hold none of their rules).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -28,15 +34,13 @@ ABLATED = "pals"  # the method the ablation's variants vary
 DATASET_KINDS = ("cityscapes", "voc")  # paper_repro/data/<kind>.py reads each in its real format
 MODELS = {"deeplabv3plus_resnet101": "resnet101", "deeplabv3plus_resnet50": "resnet50", "deeplabv3plus_small": "small"}  # -> backbone
 AMP = ("off", "bf16", "fp16")  # autocast dtype on CUDA; the CPU always runs float32
-EXECUTORS = ("local", "slurm")
-LOSSES = {  # loss -> its parameters and their defaults (docs/method.md, section 3)
+LOSSES = {  # loss -> its parameters and their defaults (docs/method.md, section 3): the one place they are written in code
     "ce": {},
     "ls": {"eps": 0.1},
-    "pals": {"alpha": 0.5, "tau": 0.1, "T": 1.0, "token_budget": 0, "ramp": 0.0},
-    "pals_no_onehot": {"tau": 0.1, "T": 1.0, "token_budget": 0, "ramp": 0.0},  # alpha = 0: the aggregated distribution alone
+    "pals": {"alpha": 0.5, "tau": 0.1, "T": 1.0, "token_budget": 0, "ramp": 0.0},  # alpha 0: the aggregated distribution alone
     "pals_uniform": {"alpha": 0.5, "T": 1.0, "ramp": 0.0},  # a uniform affinity: the image's mean prediction
 }
-SMOOTHING = {"ce": None, "ls": "uniform", "pals": "aggregated", "pals_no_onehot": "aggregated", "pals_uniform": "image_mean"}
+SMOOTHING = {"ce": None, "ls": "uniform", "pals": "aggregated", "pals_uniform": "image_mean"}
 GENERATOR_ARGUMENTS = {  # dataset kind -> the embedded generator's arguments (paper_repro/data/synthetic.py); None: required
     "cityscapes": {"n_train": None, "n_val": None, "height": None, "width": None, "seed": None, "typical_look": 0.9},
     "voc": {"n_train": None, "n_val": None, "height": None, "width": None, "seed": None, "classes": (1, 3, 4, 5, 7, 8, 15, 20),
@@ -51,11 +55,60 @@ def is_int(value: Any) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def positive_int(value: Any) -> bool:
-    return is_int(value) and value > 0
+@dataclass(frozen=True)
+class Rule:
+    """What a parameter's value must be: the test, and the words an error says it with (``must be <description>``)."""
+
+    test: Callable[[Any], bool]
+    description: str
+
+    def __call__(self, value: Any) -> bool:
+        return bool(self.test(value))
+
+
+def integer_from(least: int, note: str = "") -> Rule:
+    words = {0: "a non-negative integer", 1: "a positive integer"}.get(least, f"an integer >= {least}")
+    return Rule(lambda v: is_int(v) and v >= least, words + note)
+
+
+def number_in(low: float, high: float, note: str = "") -> Rule:
+    return Rule(lambda v: is_number(v) and low <= v <= high, f"a number in [{low:g}, {high:g}]{note}")
+
+
+def one_of(values, names: str = "") -> Rule:
+    return Rule(lambda v: v in values, f"one of {names or ', '.join(map(str, values))}")
+
+
+def non_empty_list(of: Rule | None = None, words: str = "a non-empty list") -> Rule:
+    return Rule(lambda v: isinstance(v, list) and len(v) > 0 and (of is None or all(of(x) for x in v)), words)
+
+
+INTEGER = Rule(is_int, "an integer")
+POSITIVE_INTEGER = integer_from(1)
+NON_NEGATIVE_INTEGER = integer_from(0)
+POSITIVE_NUMBER = Rule(lambda v: is_number(v) and v > 0, "a positive number")
+NON_NEGATIVE_NUMBER = Rule(lambda v: is_number(v) and v >= 0, "a non-negative number")
+BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
+MAPPING = Rule(lambda v: isinstance(v, dict), "a mapping")
+NON_EMPTY_STRING = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+LOSS_RULES = {  # every parameter of settings.LOSSES
+    "eps": number_in(0, 1),
+    "alpha": number_in(0, 1),
+    "tau": Rule(POSITIVE_NUMBER.test, "a positive number (the affinity temperature)"),
+    "T": Rule(POSITIVE_NUMBER.test, "a positive number (the teacher temperature)"),
+    "token_budget": integer_from(0, " (0 = no pooling)"),
+    "ramp": number_in(0, 1, " (a share of training; 0 = no ramp)"),
+}
+
+GENERATOR_RULES = {name: integer_from(least) for name, least in GENERATOR_MINIMA.items()} | {  # every argument of GENERATOR_ARGUMENTS
+    "seed": INTEGER,
+    "typical_look": number_in(0, 1),
+    "classes": Rule(lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and set(v) <= set(VOC_OBJECT_CLASSES),
+                    "a non-empty list of VOC class indices in 1..20"),
+}
 
 
 class Section:
@@ -70,30 +123,31 @@ class Section:
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
 
-    def get(self, name: str, check=None, expected: str = "") -> Any:
+    def get(self, name: str, rule: Rule | None = None) -> Any:
         node = self.tree
         for part in name.split("."):
             if not isinstance(node, dict) or part not in node:
                 self.fail(f"missing parameter {self.key(name)}")
             node = node[part]
-        if check is not None and not check(node):
-            self.fail(f"{self.key(name)} must be {expected}, got {node!r}")
+        if rule is not None and not rule(node):
+            self.fail(f"{self.key(name)} must be {rule.description}, got {node!r}")
         return node
 
-    def section(self, name: str, expected: str = "a mapping") -> Section:
-        return Section(self.get(name, lambda v: isinstance(v, dict), expected), self.key(name), self.source)
+    def section(self, name: str, rule: Rule = MAPPING) -> Section:
+        return Section(self.get(name, rule), self.key(name), self.source)
 
     def names(self, name: str, known, where: str) -> tuple:
         """A non-empty list whose every entry is among ``known``."""
-        values = self.get(name, lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list")
+        values = self.get(name, non_empty_list())
         for value in values:
             if value not in known:
                 self.fail(f"{self.key(name)} names {value!r}, which is not under {where} ({', '.join(map(str, known))})")
         return tuple(values)
 
     def size(self, name: str, least: int = 1) -> tuple[int, int]:
-        expected = "[height, width] of positive integers" if least == 1 else f"[height, width] of integers >= {least}"
-        return tuple(self.get(name, lambda v: isinstance(v, list) and len(v) == 2 and all(is_int(x) and x >= least for x in v), expected))
+        element = integer_from(least)
+        words = "[height, width] of " + ("positive integers" if least == 1 else f"integers >= {least}")
+        return tuple(self.get(name, Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(element(x) for x in v), words)))
 
 
 def check_generator_arguments(kind: str, arguments: dict) -> None:
@@ -106,17 +160,9 @@ def check_generator_arguments(kind: str, arguments: dict) -> None:
     for name, value in values.items():
         if value is None:
             raise ParamsError(f"{name}: missing")
-    for name, least in GENERATOR_MINIMA.items():
-        if not is_int(values[name]) or values[name] < least:
-            raise ParamsError(f"{name} must be an integer >= {least}, got {values[name]!r}")
-    if not is_int(values["seed"]):
-        raise ParamsError(f"seed must be an integer, got {values['seed']!r}")
-    if not is_number(values["typical_look"]) or not 0.0 <= values["typical_look"] <= 1.0:
-        raise ParamsError(f"typical_look must be a number in [0, 1], got {values['typical_look']!r}")
-    if "classes" in values:
-        classes = values["classes"]
-        if not isinstance(classes, (list, tuple)) or not classes or not set(classes) <= set(VOC_OBJECT_CLASSES):
-            raise ParamsError(f"classes must be a non-empty list of VOC class indices in 1..20, got {classes!r}")
+    for name, value in values.items():
+        if not GENERATOR_RULES[name](value):
+            raise ParamsError(f"{name} must be {GENERATOR_RULES[name].description}, got {value!r}", key=name)
 
 
 @dataclass(frozen=True)
@@ -153,42 +199,44 @@ class DatasetSettings:
 @dataclass(frozen=True)
 class LossSettings:
     """``methods.<name>``: a method is a named loss configuration; its target is
-    ``alpha * onehot(y) + (1 - alpha) * q`` with ``q`` given by ``smoothing`` (docs/method.md, steps 1-6)."""
+    ``alpha * onehot(y) + (1 - alpha) * q`` with ``q`` given by ``smoothing`` (docs/method.md, steps 1-6).
+    A parameter its loss does not read (``settings.LOSSES``) is ``None``: ``ce`` and ``ls`` hold no tau."""
 
     loss: str
     alpha: float  # weight of the one-hot label
     smoothing: str | None  # None (ce), "uniform" (ls), "aggregated" (PALS) or "image_mean" (uniform affinity)
-    tau: float = 0.1
-    T: float = 1.0  # the teacher temperature
-    token_budget: int = 0  # 0: no pooling of keys and values before the aggregation
-    ramp: float = 0.0  # share of training over which the self-target's weight grows from 0 (0: full weight from the start)
+    tau: float | None  # the affinity temperature
+    T: float | None  # the teacher temperature
+    token_budget: int | None  # 0: no pooling of keys and values before the aggregation
+    ramp: float | None  # share of training over which the self-target's weight grows from 0 (0: full weight from the start)
 
     @staticmethod
     def of(loss: str, options: dict) -> LossSettings:
-        """The settings of ``loss`` with ``options``; :class:`ParamsError` starting with the parameter's name otherwise."""
+        """The settings of ``loss`` with ``options``; a :class:`ParamsError` naming the parameter (``key``) otherwise."""
         if loss not in LOSSES:
             raise ParamsError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
         allowed = list(LOSSES[loss])
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise ParamsError(f"loss {loss!r} takes parameters {allowed or 'none'}, got unknown {unknown}")
-        for key, value in options.items():
-            if not is_number(value) or not math.isfinite(value):
-                raise ParamsError(f"loss {loss!r} parameter {key!r} must be a finite number, got {value!r}")
         values = LOSSES[loss] | options
-        rules = {"eps": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"), "alpha": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
-                 "tau": (lambda v: v > 0, "> 0"), "T": (lambda v: v > 0, "> 0 (the teacher temperature)"),
-                 "token_budget": (lambda v: v >= 0 and v == int(v), "an integer >= 0 (0 = no pooling)"),
-                 "ramp": (lambda v: 0.0 <= v <= 1.0, "in [0, 1] (a share of training; 0 = no ramp)")}
         for key, value in values.items():
-            check, expected = rules[key]
-            if not check(value):
-                raise ParamsError(f"{key} must be {expected}, got {value!r}")
-        alpha = {"ce": 1.0, "ls": 1.0 - values.get("eps", 0.0), "pals_no_onehot": 0.0}.get(loss, values.get("alpha"))
-        smoothing = SMOOTHING[loss] if alpha < 1.0 else None
-        extra = {key: values[key] for key in ("tau", "T") if key in values}
-        return LossSettings(loss, float(alpha), smoothing, **{k: float(v) for k, v in extra.items()},
-                            token_budget=int(values.get("token_budget", 0)), ramp=float(values.get("ramp", 0.0)))
+            if not LOSS_RULES[key](value):
+                raise ParamsError(f"{key} must be {LOSS_RULES[key].description}, got {value!r}", key=key)
+        alpha = {"ce": 1.0, "ls": 1.0 - values.get("eps", 0.0)}.get(loss, values.get("alpha"))
+        read = {key: values.get(key) for key in ("tau", "T", "token_budget", "ramp")}
+        return LossSettings(loss, float(alpha), SMOOTHING[loss] if alpha < 1.0 else None,
+                            **{key: None if value is None else type(LOSSES[loss][key])(value) for key, value in read.items()})
+
+    def describe(self) -> str:
+        """The loss and the parameters it reads, as a reader writes them: ``ce``, ``ls: eps 0.1``, ``pals: alpha 0.5, tau 0.1, T 1``."""
+        if self.loss == "ls":
+            parameters = {"eps": 1.0 - self.alpha}
+        else:
+            parameters = {"alpha": None if self.loss == "ce" else self.alpha, "tau": self.tau, "T": self.T,
+                          "token budget": self.token_budget or None, "ramp": self.ramp or None}
+        shown = [f"{key} {value:.6g}" for key, value in parameters.items() if value is not None]
+        return f"{self.loss}: {', '.join(shown)}" if shown else self.loss
 
 
 @dataclass(frozen=True)
@@ -268,44 +316,6 @@ class ExplainSettings:
 
 
 @dataclass(frozen=True)
-class BenchSettings:
-    """``python -m paper_repro bench`` (``paper_repro/bench.py``)."""
-
-    tokens: tuple[int, ...]  # N = h*w feature pixels per image of the aggregation cases
-    naive_max_tokens: int
-    token_budget: int
-    dim: int
-    classes: tuple[int, ...]
-    batch: int
-    repeats: int
-    step_repeats: int
-    models: tuple[dict, ...]  # {name, dataset} or {name, size, batch, classes}
-    loader_datasets: tuple[str, ...]
-    loader_batches: int
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    partition: str | None
-    time_minutes: int
-    cpus_per_job: int
-    mem_gb: int
-    setup: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class LaunchSettings:
-    """``python -m paper_repro launch`` (``paper_repro/launch.py``)."""
-
-    executor: str  # one of EXECUTORS
-    workers: int | str  # local jobs at once, or "auto"
-    gpus_per_job: int
-    attempts: int
-    folder: str
-    slurm: SlurmSettings
-
-
-@dataclass(frozen=True)
 class RunSettings:
     """Everything one run's stages (train, evaluate, explain) need, resolved once."""
 
@@ -329,8 +339,6 @@ class Settings:
     explain: ExplainSettings
     ablation: Study | None = None  # extra runs compared with the study's ce and pals runs
     schedule: Study | None = None  # study runs trained longer (schedule sensitivity)
-    bench: BenchSettings | None = None
-    launch: LaunchSettings | None = None
 
     def dataset(self, name: str) -> DatasetSettings:
         if name not in self.datasets:
@@ -360,37 +368,30 @@ class Settings:
 
 
 def resolve(params: dict, source: str) -> Settings:
-    """Check every section of ``params`` (read from ``source``) and return them as :class:`Settings`."""
+    """Check every section of ``params`` (read from ``source``) that a stage reads and return them as :class:`Settings`."""
     top = Section(params, "", source)
-    datasets_tree = top.get("datasets", lambda v: isinstance(v, dict) and len(v) > 0, "a mapping of dataset names to settings")
-    methods_tree = top.get("methods", lambda v: isinstance(v, dict) and len(v) > 0, "a mapping of method names to loss settings")
+    datasets_tree = top.get("datasets", Rule(lambda v: isinstance(v, dict) and len(v) > 0, "a mapping of dataset names to settings"))
+    methods_tree = top.get("methods", Rule(lambda v: isinstance(v, dict) and len(v) > 0, "a mapping of method names to loss settings"))
     study = read_study(top, datasets_tree, methods_tree)
     datasets = {name: read_dataset(top.section(f"datasets.{name}"), name) for name in datasets_tree}
-    methods = {name: read_method(top.section(f"methods.{name}", "a mapping with a loss")) for name in methods_tree}
-    model = ModelSettings(top.get("model.name", lambda v: v in MODELS, f"one of {', '.join(MODELS)}"),
-                          top.get("model.pretrained_backbone", lambda v: isinstance(v, bool), "true or false"))
-    train_tree = top.get("train", lambda v: isinstance(v, dict), "a mapping")
+    methods = {name: read_method(top.section(f"methods.{name}", Rule(MAPPING.test, "a mapping with a loss"))) for name in methods_tree}
+    model = ModelSettings(top.get("model.name", one_of(MODELS)), top.get("model.pretrained_backbone", BOOLEAN))
+    train_tree = top.get("train", MAPPING)
     train = read_train(top.section("train"))
     for name, dataset in datasets.items():  # a dataset's own train settings, checked as the whole section they complete
         if "train" in datasets_tree[name]:
-            own = top.get(f"datasets.{name}.train", lambda v: isinstance(v, dict) and set(v) <= set(train_tree),
-                          f"a mapping of train settings ({', '.join(train_tree)})")
+            own = top.get(f"datasets.{name}.train", Rule(lambda v: isinstance(v, dict) and set(v) <= set(train_tree),
+                                                         f"a mapping of train settings ({', '.join(train_tree)})"))
             read_train(Section(train_tree | own, f"datasets.{name}.train", source))
-    scales = top.get("evaluate.scales", lambda v: isinstance(v, list) and len(v) > 0 and len(set(v)) == len(v)
-                     and all(is_number(s) and 0 < s <= 4 for s in v), "a non-empty list of distinct scales in (0, 4]")
-    evaluate = EvaluateSettings(top.get("evaluate.figure_images", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
-                                top.get("evaluate.calibration_bins", positive_int, "a positive integer"),
-                                top.get("evaluate.boundary_width", positive_int, "a positive integer"),
-                                tuple(float(s) for s in scales), top.get("evaluate.flip", lambda v: isinstance(v, bool), "true or false"),
-                                top.get("evaluate.batch_size", positive_int, "a positive integer"))
-    settings = Settings(study, datasets, methods, model, train, evaluate, read_pretrain(top.section("pretrain")),
-                        read_explain(top, study, methods), read_ablation(top, study, methods_tree) if "ablation" in params else None,
-                        read_schedule(top, study) if "schedule" in params else None)
-    if "bench" in params:
-        settings = replace(settings, bench=read_bench(top.section("bench"), datasets_tree))
-    if "launch" in params:
-        settings = replace(settings, launch=read_launch(top.section("launch")))
-    return settings
+    scale = Rule(lambda v: is_number(v) and 0 < v <= 4, "a scale in (0, 4]")
+    scales = top.get("evaluate.scales", Rule(lambda v: non_empty_list(scale)(v) and len(set(v)) == len(v),
+                                             "a non-empty list of distinct scales in (0, 4]"))
+    evaluate = EvaluateSettings(top.get("evaluate.figure_images", NON_NEGATIVE_INTEGER), top.get("evaluate.calibration_bins", POSITIVE_INTEGER),
+                                top.get("evaluate.boundary_width", POSITIVE_INTEGER), tuple(float(s) for s in scales),
+                                top.get("evaluate.flip", BOOLEAN), top.get("evaluate.batch_size", POSITIVE_INTEGER))
+    return Settings(study, datasets, methods, model, train, evaluate, read_pretrain(top.section("pretrain")),
+                    read_explain(top, study, methods), read_ablation(top, study, methods_tree) if "ablation" in params else None,
+                    read_schedule(top, study) if "schedule" in params else None)
 
 
 def read_study(top: Section, datasets: dict, methods: dict) -> Study:
@@ -399,9 +400,9 @@ def read_study(top: Section, datasets: dict, methods: dict) -> Study:
     chosen = study.names("methods", methods, "methods")
     if BASELINE not in chosen:
         top.fail(f"study.methods must include {BASELINE}, the baseline every difference is measured against, got {list(chosen)}")
-    percents = study.get("percents", lambda v: isinstance(v, list) and len(v) > 0 and all(is_int(p) and 0 < p <= 100 for p in v),
-                         "a non-empty list of integer percents in (0, 100]")
-    seeds = study.get("seeds", lambda v: isinstance(v, list) and len(v) > 0 and all(is_int(s) for s in v), "a non-empty list of integers")
+    percents = study.get("percents", non_empty_list(Rule(lambda p: is_int(p) and 0 < p <= 100, ""),
+                                                    "a non-empty list of integer percents in (0, 100]"))
+    seeds = study.get("seeds", non_empty_list(INTEGER, "a non-empty list of integers"))
     for key, values in (("percents", percents), ("seeds", seeds)):
         if len(set(values)) != len(values):
             top.fail(f"study.{key} lists a value twice: {values}")
@@ -409,78 +410,74 @@ def read_study(top: Section, datasets: dict, methods: dict) -> Study:
 
 
 def read_dataset(spec: Section, name: str) -> DatasetSettings:
-    kind = spec.get("kind", lambda v: v in DATASET_KINDS, f"one of {', '.join(DATASET_KINDS)}")
-    strings = {key: spec.get(key, lambda v: isinstance(v, str) and v != "", "a non-empty string") for key in ("root", "train_split", "eval_split")}
+    kind = spec.get("kind", one_of(DATASET_KINDS))
+    strings = {key: spec.get(key, NON_EMPTY_STRING) for key in ("root", "train_split", "eval_split")}
     generate = None
     if spec.tree.get("generate") is not None:
-        generate = spec.get("generate", lambda v: isinstance(v, dict), "a mapping of generator arguments")
+        generate = spec.get("generate", Rule(MAPPING.test, "a mapping of generator arguments"))
         try:
             check_generator_arguments(kind, generate)
         except ParamsError as error:
             spec.fail(f"{spec.key('generate')}.{error}")
     return DatasetSettings(
         name=name, kind=kind, **strings,
-        num_classes=spec.get("num_classes", lambda v: is_int(v) and v >= 2, "an integer >= 2"),
-        base_size=spec.get("base_size", positive_int, "a positive integer"),
-        scale_range=tuple(spec.get("scale_range", lambda v: isinstance(v, list) and len(v) == 2 and all(is_number(x) for x in v)
-                                   and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high")),
+        num_classes=spec.get("num_classes", integer_from(2)),
+        base_size=spec.get("base_size", POSITIVE_INTEGER),
+        scale_range=tuple(spec.get("scale_range", Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(is_number(x) for x in v)
+                                                       and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high"))),
         crop=spec.size("crop"), generate=generate, train=dict(spec.tree.get("train", {})))
 
 
 def read_method(spec: Section) -> LossSettings:
-    loss = spec.get("loss", lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}")
-    options = {key: value for key, value in spec.tree.items() if key != "loss"}
+    loss = spec.get("loss", one_of(LOSSES))
     try:
-        return LossSettings.of(loss, options)
-    except ParamsError as error:
-        message = str(error)
-        key = message.split(" ", 1)[0]
-        spec.fail(f"{spec.prefix}.{message}" if key in options else f"{spec.prefix}: {message}")
+        return LossSettings.of(loss, {key: value for key, value in spec.tree.items() if key != "loss"})
+    except ParamsError as error:  # a parameter's error names it within the method, the others the method
+        spec.fail(f"{spec.prefix}.{error}" if error.key else f"{spec.prefix}: {error}")
 
 
 def read_optimisation(section: Section) -> dict:
-    positive, non_negative = (lambda v: is_number(v) and v > 0), (lambda v: is_number(v) and v >= 0)
     return {
-        "iterations": section.get("iterations", positive_int, "a positive integer"),
-        "batch_size": section.get("batch_size", positive_int, "a positive integer"),
-        "lr": section.get("lr", positive, "a positive number"),
-        "momentum": section.get("momentum", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-        "weight_decay": section.get("weight_decay", non_negative, "a non-negative number"),
-        "poly_power": section.get("poly_power", non_negative, "a non-negative number"),
+        "iterations": section.get("iterations", POSITIVE_INTEGER),
+        "batch_size": section.get("batch_size", POSITIVE_INTEGER),
+        "lr": section.get("lr", POSITIVE_NUMBER),
+        "momentum": section.get("momentum", Rule(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")),
+        "weight_decay": section.get("weight_decay", NON_NEGATIVE_NUMBER),
+        "poly_power": section.get("poly_power", NON_NEGATIVE_NUMBER),
     }
 
 
 def read_train(section: Section) -> TrainSettings:
     return TrainSettings(
         **read_optimisation(section),
-        checkpoint_every=section.get("checkpoint_every", positive_int, "a positive integer"),
-        workers=section.get("workers", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
-        cache_decoded=section.get("cache_decoded", lambda v: isinstance(v, bool), "true or false"),
-        amp=section.get("amp", lambda v: v in AMP, f"one of {', '.join(AMP)}"),
-        runs_at_once=section.get("runs_at_once", positive_int, "a positive integer"))
+        checkpoint_every=section.get("checkpoint_every", POSITIVE_INTEGER),
+        workers=section.get("workers", NON_NEGATIVE_INTEGER),
+        cache_decoded=section.get("cache_decoded", BOOLEAN),
+        amp=section.get("amp", one_of(AMP)),
+        runs_at_once=section.get("runs_at_once", POSITIVE_INTEGER))
 
 
 def read_pretrain(section: Section) -> PretrainSettings:
     """The source task of the pretrain stage (``paper_repro/pretrain.py``)."""
     return PretrainSettings(
         **read_optimisation(section),
-        images=section.get("images", positive_int, "a positive integer"),
-        held_out=section.get("held_out", positive_int, "a positive integer"),
+        images=section.get("images", POSITIVE_INTEGER),
+        held_out=section.get("held_out", POSITIVE_INTEGER),
         size=section.size("size", max(GENERATOR_MINIMA["height"], GENERATOR_MINIMA["width"])),
-        seed=section.get("seed", is_int, "an integer"),
-        typical_look=section.get("typical_look", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"))
+        seed=section.get("seed", INTEGER),
+        typical_look=section.get("typical_look", number_in(0, 1)))
 
 
 def read_explain(top: Section, study: Study, methods: dict[str, LossSettings]) -> ExplainSettings:
     """The explanation figure shows one PALS run of the study (method, percent, seed) per dataset."""
-    method = top.get("explain.method", lambda v: v in study.methods, f"one of study.methods ({', '.join(study.methods)})")
+    method = top.get("explain.method", one_of(study.methods, f"study.methods ({', '.join(study.methods)})"))
     settings = ExplainSettings(
         method,
-        top.get("explain.percent", lambda v: v in study.percents, f"one of study.percents {list(study.percents)}"),
-        top.get("explain.seed", lambda v: v in study.seeds, f"one of study.seeds {list(study.seeds)}"),
-        top.get("explain.pixels", positive_int, "a positive integer"))
+        top.get("explain.percent", one_of(study.percents, f"study.percents {list(study.percents)}")),
+        top.get("explain.seed", one_of(study.seeds, f"study.seeds {list(study.seeds)}")),
+        top.get("explain.pixels", POSITIVE_INTEGER))
     if methods[method].smoothing != "aggregated":
-        top.fail(f"explain.method must be a method with the PALS aggregation (loss pals or pals_no_onehot), got {method!r}")
+        top.fail(f"explain.method must be a method with the PALS aggregation (loss pals, alpha < 1), got {method!r}")
     return settings
 
 
@@ -501,37 +498,4 @@ def read_schedule(top: Section, study: Study) -> Study:
     """Study runs (the same methods, percents and seeds) trained ``factor`` times their dataset's iterations."""
     schedule = top.section("schedule")
     grid = {key: schedule.names(key, getattr(study, key), f"study.{key}") for key in ("datasets", "methods", "percents", "seeds")}
-    return Study(**grid, schedule=schedule.get("factor", lambda v: is_int(v) and v >= 2, "an integer >= 2"))
-
-
-def read_bench(bench: Section, datasets: dict) -> BenchSettings:
-    positive = {key: bench.get(key, positive_int, "a positive integer")
-                for key in ("naive_max_tokens", "dim", "batch", "repeats", "step_repeats", "loader_batches")}
-    lists = {key: tuple(bench.get(key, lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list")) for key in ("tokens", "classes", "models")}
-    for index, entry in enumerate(lists["models"]):
-        prefix = f"bench.models[{index}]"
-        if not isinstance(entry, dict) or entry.get("name") not in MODELS:
-            bench.fail(f"{prefix} must name a model ({', '.join(MODELS)}), got {entry!r}")
-        if "dataset" in entry:
-            if entry["dataset"] not in datasets:
-                bench.fail(f"{prefix}.dataset names {entry['dataset']!r}, which is not under datasets")
-        elif not all(key in entry for key in ("size", "batch", "classes")):
-            bench.fail(f"{prefix} must give a dataset, or size, batch and classes, got {entry!r}")
-    return BenchSettings(**positive, **lists, token_budget=bench.get("token_budget", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
-                         loader_datasets=bench.names("loader_datasets", datasets, "datasets"))
-
-
-def read_launch(launch: Section) -> LaunchSettings:
-    """How ``python -m paper_repro launch`` runs the runs' stages (``paper_repro/launch.py``)."""
-    slurm = launch.section("slurm")
-    return LaunchSettings(
-        executor=launch.get("executor", lambda v: v in EXECUTORS, " or ".join(EXECUTORS)),
-        workers=launch.get("workers", lambda v: v == "auto" or positive_int(v), "auto (one per visible GPU, else 1) or a positive integer"),
-        gpus_per_job=launch.get("gpus_per_job", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
-        attempts=launch.get("attempts", positive_int, "a positive integer"),
-        folder=launch.get("folder", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-        slurm=SlurmSettings(
-            partition=slurm.get("partition", lambda v: v is None or (isinstance(v, str) and v != ""), "a partition name or null"),
-            **{key: slurm.get(key, positive_int, "a positive integer") for key in ("time_minutes", "cpus_per_job", "mem_gb")},
-            setup=tuple(slurm.get("setup", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-                                  "a list of shell lines run before each job"))))
+    return Study(**grid, schedule=schedule.get("factor", integer_from(2)))

@@ -44,9 +44,9 @@ from .data import open_dataset
 from .data.transforms import train_transforms
 from .errors import CheckpointError, TrainingDiverged
 from .layout import Layout
-from .losses import loss_of
+from .losses import SmoothedTargetLoss
 from .models import build_model
-from .runtime import autocast_dtype, keep_freed_memory, setup_distributed
+from .runtime import autocast_dtype, setup_distributed, start_process
 from .settings import DatasetSettings, Optimisation, RunSettings, TrainSettings
 from .subsets import read_manifest
 
@@ -99,8 +99,6 @@ class SeededSamples(Dataset):
             # queue a CUDA reseed (with a captured stack trace) for every sample
             torch.default_generator.manual_seed(seed)
             return self.dataset[index]
-
-
 
 
 def open_training_data(spec: DatasetSettings, cache_decoded: bool, ids: list[str] | None = None) -> Dataset:
@@ -187,10 +185,21 @@ def with_machine_fields(rows: list[dict], log_path: Path) -> list[dict]:
     return [row | {field: logged.get(row["iteration"], {}).get(field, "") for field in MACHINE_FIELDS} for row in rows]
 
 
+def sgd_kernel(device: torch.device) -> dict:
+    """The SGD step's keyword on ``device``: ``fused`` on CUDA, PyTorch's default (per-tensor) elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
 def build_optimisation(model: torch.nn.Module, settings: Optimisation, dtype: torch.dtype | None, device: torch.device):
     """``(optimizer, scheduler, scaler)``: SGD with momentum and weight decay, polynomial decay of the
-    learning rate over ``settings.iterations``, and a gradient scaler that is active under fp16 only."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    learning rate over ``settings.iterations``, and a gradient scaler that is active under fp16 only.
+
+    On CUDA the SGD step is PyTorch's fused kernel: the same update in a few kernel launches instead of
+    several per parameter tensor, which is most of a small model's step there (its rounding may differ in
+    the last bits from the per-tensor step). The CPU keeps the per-tensor step its results were made with.
+    """
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay,
+                                **sgd_kernel(device))
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=settings.iterations, power=settings.poly_power)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return optimizer, scheduler, scaler
@@ -219,6 +228,7 @@ def train(settings: RunSettings, layout: Layout = Layout()) -> Path:
     Rank 0 holds the run's lock (``Layout.run_lock``) throughout: a second training of the same
     run fails at once, naming the process that holds it.
     """
+    start_process()
     rank, world, device = setup_distributed()
     if rank > 0:
         return train_unlocked(settings, layout, rank, world, device)
@@ -228,41 +238,46 @@ def train(settings: RunSettings, layout: Layout = Layout()) -> Path:
         return train_unlocked(settings, layout, rank, world, device)
 
 
-def train_unlocked(settings: RunSettings, layout: Layout, rank: int, world: int, device: torch.device) -> Path:
-    keep_freed_memory()
-    run, spec, schedule = settings.run, settings.dataset, settings.train
+def placed_model(settings: RunSettings, layout: Layout, world: int, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(model to train, the bare model)``: the run's model on ``device``, channels-last (faster convolutions on CPU
+    and GPU alike), wrapped for DistributedDataParallel when ``world`` > 1 (with SyncBatchNorm on CUDA; PyTorch has
+    none for gloo, where each rank keeps its own statistics)."""
+    model = build_model(settings.model.name, settings.dataset.num_classes, settings.model.pretrained_backbone, layout.pretrained_backbone())
+    model = model.to(device, memory_format=torch.channels_last)
+    if world == 1:
+        return model, model
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, model.module
 
-    data = open_training_data(spec, schedule.cache_decoded, read_manifest(layout.manifest(run.dataset, run.seed, run.percent)))
+
+def train_unlocked(settings: RunSettings, layout: Layout, rank: int, world: int, device: torch.device) -> Path:
+    run, spec, train_settings = settings.run, settings.dataset, settings.train
+
+    data = open_training_data(spec, train_settings.cache_decoded, read_manifest(layout.manifest(run.dataset, run.seed, run.percent)))
     config = run_config(settings, data, world)
 
     seed_everything(run.seed)
-    model = build_model(settings.model.name, spec.num_classes, settings.model.pretrained_backbone, layout.pretrained_backbone())
-    model = model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU alike
-    if world > 1:
-        if device.type == "cuda":  # PyTorch's SyncBatchNorm is GPU-only; on gloo each rank keeps its own statistics
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    bare_model = model.module if world > 1 else model
-    criterion = loss_of(settings.loss, spec.num_classes)
-    dtype = autocast_dtype(schedule.amp, device)
-    optimizer, scheduler, scaler = build_optimisation(model, schedule, dtype, device)
+    model, bare_model = placed_model(settings, layout, world, device)
+    criterion = SmoothedTargetLoss(settings.loss, spec.num_classes)
+    dtype = autocast_dtype(train_settings.amp, device)
+    optimizer, scheduler, scaler = build_optimisation(model, train_settings, dtype, device)
 
     checkpoint_path, log_path = layout.checkpoint(run), layout.log(run)
     start, rows = 0, []
     state = usable_checkpoint(checkpoint_path, config, device, move_aside=rank == 0)
     if state is not None:
-        bare_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        for part, saved in ((bare_model, "model"), (optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
+            part.load_state_dict(state[saved])
         restore_rng_states(state["rng"])
         start, rows = state["iteration"], with_machine_fields(state["log"], log_path)
         log.info("resuming %s from iteration %d", layout.run_dir(run), start)
-    total, threads = schedule.iterations, torch.get_num_threads()
+    total, threads = train_settings.iterations, torch.get_num_threads()
     log.info("training %s %s %d%% seed %d: %d images, %d iterations of batch %d x %d process(es) on %s, %d thread(s)",
-             run.dataset, run.method, run.percent, run.seed, len(data), total, schedule.batch_size, world, device, threads)
+             run.dataset, run.method, run.percent, run.seed, len(data), total, train_settings.batch_size, world, device, threads)
 
-    loader = training_loader(data, schedule, run.seed, start, rank, world, device)
+    loader = training_loader(data, train_settings, run.seed, start, rank, world, device)
     model.train()
     quiet = {} if rank == 0 else {"disable": True}  # rank 0 alone shows progress (TQDM_DISABLE=1 silences it)
     progress = tqdm(total=total, initial=start, desc=f"train {run.dataset} {run.name}", **quiet)
@@ -280,14 +295,14 @@ def train_unlocked(settings: RunSettings, layout: Layout, rank: int, world: int,
         if not np.isfinite(loss_value):
             raise TrainingDiverged(f"loss became {loss_value} at iteration {iteration + 1}; lower train.lr")
         done = iteration + 1
-        if rank == 0 and (done % schedule.checkpoint_every == 0 or done == total):
+        if rank == 0 and (done % train_settings.checkpoint_every == 0 or done == total):
             save_torch({
                 "config": config, "iteration": done, "model": bare_model.state_dict(),
                 "log": [{key: value for key, value in row.items() if key not in MACHINE_FIELDS} for row in rows],
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng_states(),
             }, checkpoint_path)
-            write_rows(rows, LOG_FIELDS, log_path)
+            write_rows(rows, LOG_FIELDS, log_path)  # the CSV log keeps the threads and timings the checkpoint leaves out
         waited = time.perf_counter()
     progress.close()
 

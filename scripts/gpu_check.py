@@ -49,8 +49,9 @@ from paper_repro.data.synthetic import GENERATORS
 from paper_repro.layout import Layout, Run
 from paper_repro.runtime import autocast_dtype
 from paper_repro.runtime import device as compute_device
-from paper_repro.settings import Settings
+from paper_repro.settings import ABLATED, Settings
 from paper_repro.subsets import write_manifest
+from paper_repro.tool_settings import load_bench
 from paper_repro.train import train
 
 log = logging.getLogger("gpu_check")
@@ -77,7 +78,7 @@ def paper_scale_aggregation(settings: Settings, device: torch.device) -> dict:
     """The aggregation at ``PAPER_SCALE`` in ``train.amp``: the dispatcher's kernel and every fused kernel alone
     (those that refuse the shapes are listed as such), with the FLOP bound ``2 B N^2 (D + K)``."""
     precision = str(autocast_dtype(settings.train.amp, device) or torch.float32).removeprefix("torch.")
-    case = PAPER_SCALE | {"variant": "fused", "precision": precision, "repeats": 10, "device": str(device)}
+    case = PAPER_SCALE | {"variant": "fused", "tau": settings.loss(ABLATED).tau, "precision": precision, "repeats": 10, "device": str(device)}
     chosen = _aggregation_case(case)
     alone = {}
     for kernel in FUSED_KERNELS:
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # the log lines say what runs
     device = torch.device("cuda")
     began = time.perf_counter()
-    timed_part("1/4 bench", run_bench, load_settings())
+    timed_part("1/4 bench", run_bench, load_settings(), load_bench())
     settings = load_settings(args.preset)
     [dataset] = settings.study.datasets
     report = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda}

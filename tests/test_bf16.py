@@ -27,7 +27,7 @@ def run_study(workspace, monkeypatch, dtype):
     seen = {}
 
     def recording_loss(settings, num_classes):
-        criterion = loss_of(settings, num_classes)
+        criterion = loss_class(settings, num_classes)
         method = {"ce": "ce", "ls": "ls", "pals": "pals"}[settings.loss]
 
         def loss(logits, target, features, progress):
@@ -37,8 +37,8 @@ def run_study(workspace, monkeypatch, dtype):
             return value
         return loss
 
-    loss_of = train_module.loss_of
-    monkeypatch.setattr(train_module, "loss_of", recording_loss)
+    loss_class = train_module.SmoothedTargetLoss
+    monkeypatch.setattr(train_module, "SmoothedTargetLoss", recording_loss)
     layout, logs, metrics = Layout("."), {}, {}
     for method in ("ce", "ls", "pals"):
         run = SETTINGS.run(Run("tiny-streets", method, 100, 0))

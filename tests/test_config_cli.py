@@ -84,14 +84,14 @@ def test_overrides_are_parsed_as_yaml_and_must_name_known_keys():
         ("study.methods=[pals]", "study.methods must include ce, the baseline"),
         ("study.datasets=[kitti]", "study.datasets names 'kitti'"),
         # each method's loss parameters, by the loss's own rules
-        ("methods.pals.tau=0", "methods.pals.tau must be > 0, got 0"),
+        ("methods.pals.tau=0", "methods.pals.tau must be a positive number (the affinity temperature), got 0"),
         ("pretrain.size=[8,64]", "pretrain.size must be [height, width] of integers >= 16, got [8, 64]"),
         ("pretrain.typical_look=2", "pretrain.typical_look must be a number in [0, 1], got 2"),
         ("pretrain.lr=0", "pretrain.lr must be a positive number, got 0"),
-        ("methods.pals.alpha=1.5", "methods.pals.alpha must be in [0, 1], got 1.5"),
-        ("methods.pals.T=0", "methods.pals.T must be > 0"),
-        ("methods.pals={loss: pals, token_budget: 2.5}", "methods.pals.token_budget must be an integer >= 0"),
-        ("methods.ls.eps=1.2", "methods.ls.eps must be in [0, 1], got 1.2"),
+        ("methods.pals.alpha=1.5", "methods.pals.alpha must be a number in [0, 1], got 1.5"),
+        ("methods.pals.T=0", "methods.pals.T must be a positive number (the teacher temperature)"),
+        ("methods.pals={loss: pals, token_budget: 2.5}", "methods.pals.token_budget must be a non-negative integer (0 = no pooling)"),
+        ("methods.ls.eps=1.2", "methods.ls.eps must be a number in [0, 1], got 1.2"),
         ("methods.ce.loss=focal", "methods.ce.loss must be one of ce, ls, pals"),
         ("methods.ce={loss: ce, tau: 0.1}", "methods.ce: loss 'ce' takes parameters none, got unknown ['tau']"),
         # models, dataset kinds, augmentation, generator sizes, evaluation
@@ -99,7 +99,7 @@ def test_overrides_are_parsed_as_yaml_and_must_name_known_keys():
         ("datasets.tiny-streets.kind=kitti", "datasets.tiny-streets.kind must be one of cityscapes, voc, got 'kitti'"),
         ("datasets.tiny-streets.scale_range=[2, 1]", "datasets.tiny-streets.scale_range must be [low, high] with 0 < low <= high"),
         ("datasets.tiny-streets.generate.height=0", "datasets.tiny-streets.generate.height must be an integer >= 16, got 0"),
-        ("datasets.tiny-streets.generate.n_train=2.5", "datasets.tiny-streets.generate.n_train must be an integer >= 1, got 2.5"),
+        ("datasets.tiny-streets.generate.n_train=2.5", "datasets.tiny-streets.generate.n_train must be a positive integer, got 2.5"),
         ("datasets.tiny-streets.generate={n_train: 8, n_val: 3, height: 32, width: 64, seed: 0, depth: 3}",
          "datasets.tiny-streets.generate.depth: unknown argument"),
         ("evaluate.figure_images=-1", "evaluate.figure_images must be a non-negative integer, got -1"),
@@ -188,9 +188,12 @@ def test_invalid_bench_parameters_name_the_key(tmp_path, override, message):
     path = tmp_path / "params.yaml"
     default = yaml.safe_load((ROOT / "params.yaml").read_text())  # its bench section times the study's datasets
     path.write_text(yaml.safe_dump(TINY_PARAMS | {"bench": default["bench"], "datasets": TINY_PARAMS["datasets"] | default["datasets"]}))
-    load_settings(path)  # the default bench section is valid
+    from paper_repro.tool_settings import load_bench
+
+    assert load_bench(path).loader_datasets == ("synthetic-cityscapes", "synthetic-voc")  # the default bench section is valid
+    load_settings(path, [override])  # the study's sections hold no rule of the bench's
     with pytest.raises(ParamsError) as error:
-        load_settings(path, [override])
+        load_bench(path, [override])
     assert message in str(error.value)
 
 
@@ -209,7 +212,7 @@ def test_every_stage_explains_itself(stage, capsys):
                            f"usage: python -m paper_repro {stage} [-h] [--params PARAMS] [--set KEY=VALUE]")
     assert STAGES[stage].help in text  # the stage's own description, whole
     expected = {"dataset": ["--dataset"], "run": ["--dataset", "--method", "--percent", "--seed", "--schedule"], "notebook": ["--name"],
-                "launch": ["--status", "--no-wait"], None: [], "preset": [], "predict": ["--dataset", "--method", "--percent", "--seed", "--out"],
+                "launch": ["--status", "--no-wait"], None: [], "bench": [], "preset": [], "predict": ["--dataset", "--method", "--percent", "--seed", "--out"],
                 "compare": ["--out"]}[STAGES[stage].target]
     offered = [option for option in ("--dataset", "--method", "--percent", "--seed", "--schedule", "--name", "--status", "--no-wait", "--out")
                if f"{option} " in text]
@@ -241,7 +244,7 @@ def test_programming_errors_keep_their_traceback(tmp_path, monkeypatch, error):
         (["report", "--set", "train.nonsense=1"], "train.nonsense: unknown parameter"),
         (["report", "--params", "missing.yaml"], "parameter file missing.yaml does not exist"),
         (["subsets", "--dataset", "tiny-streets", "--set", "study.percents=[0]"], "study.percents must be a non-empty list of integer percents"),
-        (["generate", "--dataset", "tiny-streets", "--set", "methods.pals.tau=0"], "methods.pals.tau must be > 0, got 0"),
+        (["generate", "--dataset", "tiny-streets", "--set", "methods.pals.tau=0"], "methods.pals.tau must be a positive number (the affinity temperature), got 0"),
     ],
 )
 def test_user_mistakes_end_in_one_line_errors(tiny_workspace, args, message):
@@ -287,7 +290,11 @@ def test_pipeline_resolves_with_every_parameter_file(tmp_path, path):
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=DVC_ENV)
     result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=tmp_path, capture_output=True, text=True, env=DVC_ENV)
     assert result.returncode == 0, result.stderr
-    assert "report" in result.stdout and "notebooks@" in result.stdout
+    datasets = load_settings(tmp_path / "params.yaml").study.datasets
+    notebooks = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["notebooks"]["foreach"]
+    expected = {f"{stage}@{dataset}" for stage in ("generate", "subsets", "runs", "explain") for dataset in datasets}
+    expected |= {"pretrain", "report"} | {f"notebooks@{name}" for name in notebooks}
+    assert {line.split()[0] for line in result.stdout.splitlines() if line.strip()} == expected
 
 
 def test_bench_writes_its_schema_on_a_tiny_size(tiny_workspace):

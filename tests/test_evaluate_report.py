@@ -197,6 +197,7 @@ def test_explain_writes_every_methods_target_and_affinity_rows(tiny_workspace):
     assert (targets["pals"][np.arange(len(labels)), labels] >= 0.5).all()  # alpha = 0.5 on the label
     np.testing.assert_allclose(saved["affinity"].sum((1, 2)), 1.0, atol=1e-5)
     assert float(saved["tau"]) == 0.1 and float(saved["alpha"]) == 0.5
+    assert list(saved["descriptions"]) == ["ce", "ls: eps 0.3", "pals: alpha 0.5, tau 0.1, T 1"]
 
 
 def test_sanity_bands_by_hand():

@@ -167,13 +167,44 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
     assert path.exists(), "the process ended before it could be interrupted"
 
 
-def start_cli(workspace: Path, *args: str) -> subprocess.Popen:
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "paper_repro", *args], cwd=workspace, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+def default_sigint() -> None:
+    """In the child, before it runs: SIGINT as a terminal's Ctrl-C delivers it. A background job of a
+    non-interactive shell ignores SIGINT, and its children inherit that; Python then never raises
+    KeyboardInterrupt, so the tests' Ctrl-C would not reach the command."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_says_the_run_resumes_and_exits_130(workspace):
+@pytest.fixture
+def start_cli():
+    """Starts ``python -m paper_repro`` in a session of its own with the default SIGINT disposition; at the end of
+    the test, whatever its outcome, every one still running is killed with its children (a run left holding its
+    lock would fail the tests after it)."""
+    started = []
+
+    def start(workspace: Path, *args: str) -> subprocess.Popen:
+        env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+        process = subprocess.Popen([sys.executable, "-m", "paper_repro", *args], cwd=workspace, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=default_sigint)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+
+
+@pytest.fixture
+def sigint_ignored():
+    """This process ignores SIGINT while the test starts its commands, as a background job does."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_says_the_run_resumes_and_exits_130(workspace, start_cli, sigint_ignored):
+    """Also when the tests run as a background job (SIGINT ignored here): the command gets the user's Ctrl-C."""
     folder = fresh_run(workspace)
     slow = ("--set", "train.iterations=200", "--set", "train.checkpoint_every=5")
     process = start_cli(workspace, *TRAIN, *slow)
@@ -196,7 +227,7 @@ def test_numbers_are_read_as_people_write_them(workspace):
         assert "resuming runs/tiny-streets/pals-100-0 from iteration 6" in result.stderr  # 1e-2 is the number 0.01
 
 
-def test_a_second_training_of_the_same_run_fails_at_once_naming_the_holder(workspace):
+def test_a_second_training_of_the_same_run_fails_at_once_naming_the_holder(workspace, start_cli, sigint_ignored):
     folder = fresh_run(workspace)
     slow = ("--set", "train.iterations=5000", "--set", "train.checkpoint_every=1000")
     first = start_cli(workspace, *TRAIN, *slow)
@@ -221,7 +252,7 @@ def ignored_by_git_and_dvc(path: Path) -> bool:
     return True
 
 
-def test_a_killed_generate_leaves_staging_that_git_and_dvc_ignore_and_the_next_run_removes(workspace):
+def test_a_killed_generate_leaves_staging_that_git_and_dvc_ignore_and_the_next_run_removes(workspace, start_cli):
     process = start_cli(workspace, "generate", "--dataset", DATASET, "--set", "datasets.tiny-streets.generate.n_val=400")
     deadline = time.time() + 120
     while not list((workspace / "data").glob("*.tmp")) and time.time() < deadline and process.poll() is None:
@@ -245,7 +276,7 @@ def test_an_evaluation_removes_the_staging_a_killed_one_left(workspace):
     assert not leftover.exists()
 
 
-def test_a_killed_notebook_stage_leaves_no_half_executed_notebook(tmp_path):
+def test_a_killed_notebook_stage_leaves_no_half_executed_notebook(tmp_path, start_cli):
     import nbformat
 
     shutil.copy(ROOT / "params.yaml", tmp_path)

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from paper_repro.losses import SoftTargetCrossEntropy, aggregate_predictions, build_loss, padded_widths, pooled_size
+from paper_repro.losses import SmoothedTargetLoss, SoftTargetCrossEntropy, affinity_rows, aggregate_predictions, padded_widths, pooled_size
+from paper_repro.settings import LossSettings
 
 IGNORE = 255
 
@@ -17,6 +18,11 @@ def naive_aggregate(features, probs, tau):
     f = F.normalize(features.double().flatten(2), dim=1)  # [B, D, N]
     affinity = torch.softmax(torch.einsum("bdi,bdj->bij", f, f) / tau, dim=-1)
     return torch.einsum("bij,bkj->bki", affinity, probs.double().flatten(2)).reshape(probs.shape)
+
+
+def build_loss(name, num_classes, **params):
+    """The loss of a method with loss ``name`` and ``params`` (the others at their defaults, settings.LOSSES)."""
+    return SmoothedTargetLoss(LossSettings.of(name, params), num_classes, IGNORE)
 
 
 def random_batch(seed, batch=2, classes=5, size=(12, 16), feat_size=(6, 8), dim=8, ignore_fraction=0.2):
@@ -153,7 +159,7 @@ def test_pooled_aggregation_attends_from_every_pixel_to_2x2_block_means():
 def test_pals_loss_passes_its_token_budget_to_the_aggregation():
     logits, target, features = random_batch(5, size=(16, 16), feat_size=(8, 8))
     pooled_loss = build_loss("pals", 5, token_budget=16)
-    assert pooled_loss.token_budget == 16
+    assert pooled_loss.settings.token_budget == 16
     expected = 0.5 * F.one_hot(torch.where(target == IGNORE, 0, target), 5).permute(0, 3, 1, 2).double()
     probs = torch.softmax(F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False), dim=1)
     q = F.interpolate(aggregate_predictions(features, probs, 0.1, token_budget=16), size=(16, 16), mode="bilinear", align_corners=False)
@@ -199,7 +205,7 @@ def test_hand_computed_2x2_example():
     assert targets[3].abs().sum() == 0  # the ignored pixel has no target
 
 
-@pytest.mark.parametrize("name,params", [("pals", {}), ("pals", {"alpha": 0.2, "tau": 0.5, "T": 2.0}), ("pals_no_onehot", {}), ("pals_uniform", {}), ("ls", {"eps": 0.3})])
+@pytest.mark.parametrize("name,params", [("pals", {}), ("pals", {"alpha": 0.2, "tau": 0.5, "T": 2.0}), ("pals", {"alpha": 0.0}), ("pals_uniform", {}), ("ls", {"eps": 0.3})])
 def test_targets_are_distributions_on_valid_pixels(name, params):
     logits, target, features = random_batch(0)
     targets = build_loss(name, 5, **params).targets(logits, target, features)
@@ -270,26 +276,26 @@ def test_pals_uniform_smooths_towards_the_image_mean_prediction():
     torch.testing.assert_close(build_loss("pals_uniform", 5, alpha=alpha)(logits, target, features), expected)
 
 
-def test_pals_no_onehot_uses_the_aggregated_distribution_alone():
+def test_pals_with_alpha_0_uses_the_aggregated_distribution_alone():
     logits, target, features = random_batch(6)
     tau = 0.3
     small = F.interpolate(logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
     q = naive_aggregate(features, torch.softmax(small, dim=1), tau).float()
     q = F.interpolate(q, size=logits.shape[-2:], mode="bilinear", align_corners=False)
     expected = soft_cross_entropy_oracle(logits, target, q)
-    torch.testing.assert_close(build_loss("pals_no_onehot", 5, tau=tau)(logits, target, features), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(build_loss("pals", 5, alpha=0.0, tau=tau)(logits, target, features), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_teacher_temperature_softens_the_prediction_before_aggregation():
     logits, target, features = random_batch(7)
-    hot = build_loss("pals_no_onehot", 5, T=4.0).targets(logits, target, features)
-    cold = build_loss("pals_no_onehot", 5, T=1.0).targets(logits, target, features)
+    hot = build_loss("pals", 5, alpha=0.0, T=4.0).targets(logits, target, features)
+    cold = build_loss("pals", 5, alpha=0.0, T=1.0).targets(logits, target, features)
     valid = (target != IGNORE).unsqueeze(1)
     entropy = lambda t: -(t.clamp_min(1e-12).log() * t * valid).sum()  # noqa: E731
     assert entropy(hot) > entropy(cold)
 
 
-@pytest.mark.parametrize("name", ["ce", "ls", "pals", "pals_no_onehot", "pals_uniform"])
+@pytest.mark.parametrize("name", ["ce", "ls", "pals", "pals_uniform"])
 def test_gradient_flows_only_through_log_softmax(name):
     # With sum_k t_ik = 1 and t detached, d loss / d z_i = (softmax(z_i) - t_i) / n_valid on valid
     # pixels and 0 on ignored ones; features get no gradient at all.
@@ -377,17 +383,17 @@ def test_all_pixels_ignored_gives_zero_loss():
     "name,params,message",
     [
         ("focal", {}, "unknown loss 'focal'"),
-        ("pals", {"alpha": 1.5}, "alpha must be in [0, 1], got 1.5"),
-        ("pals", {"alpha": -0.1}, "alpha must be in [0, 1]"),
-        ("pals", {"tau": 0.0}, "tau must be > 0, got 0.0"),
-        ("pals", {"tau": -1.0}, "tau must be > 0"),
-        ("pals", {"T": 0.0}, "T must be > 0 (the teacher temperature)"),
-        ("ls", {"eps": 1.2}, "eps must be in [0, 1], got 1.2"),
+        ("pals", {"alpha": 1.5}, "alpha must be a number in [0, 1], got 1.5"),
+        ("pals", {"alpha": -0.1}, "alpha must be a number in [0, 1]"),
+        ("pals", {"tau": 0.0}, "tau must be a positive number (the affinity temperature), got 0.0"),
+        ("pals", {"tau": -1.0}, "tau must be a positive number"),
+        ("pals", {"T": 0.0}, "T must be a positive number (the teacher temperature)"),
+        ("ls", {"eps": 1.2}, "eps must be a number in [0, 1], got 1.2"),
         ("ce", {"tau": 0.1}, "loss 'ce' takes parameters none, got unknown ['tau']"),
-        ("pals_no_onehot", {"alpha": 0.5}, "got unknown ['alpha']"),
-        ("pals", {"tau": "0.1"}, "parameter 'tau' must be a finite number"),
-        ("pals", {"token_budget": -1}, "token_budget must be an integer >= 0"),
-        ("pals", {"token_budget": 10.5}, "token_budget must be an integer >= 0"),
+        ("pals", {"tau": "0.1"}, "tau must be a positive number (the affinity temperature), got '0.1'"),
+        ("pals", {"alpha": float("nan")}, "alpha must be a number in [0, 1], got nan"),
+        ("pals", {"token_budget": -1}, "token_budget must be a non-negative integer (0 = no pooling)"),
+        ("pals", {"token_budget": 10.5}, "token_budget must be a non-negative integer (0 = no pooling)"),
         ("pals_uniform", {"token_budget": 64}, "got unknown ['token_budget']"),
     ],
 )
@@ -395,6 +401,14 @@ def test_bad_loss_configuration_is_a_clear_error(name, params, message):
     with pytest.raises(ValueError) as error:
         build_loss(name, 5, **params)
     assert message in str(error.value)
+
+
+def test_affinity_rows_are_rows_of_the_materialised_affinity():
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 8, 4, 6, generator=generator)
+    f = F.normalize(features.double().flatten(2), dim=1)
+    full = torch.softmax(torch.einsum("bdi,bdj->bij", f, f) / 0.2, dim=-1)  # [B, N, N], step 3 by hand
+    torch.testing.assert_close(affinity_rows(features, [0, 5, 23], 0.2).double(), full[:, [0, 5, 23]], atol=1e-6, rtol=1e-5)
 
 
 def test_aggregate_rejects_mismatched_shapes_and_bad_tau():
@@ -418,7 +432,7 @@ def test_the_self_target_ramps_in_linearly_then_holds():
     # once the ramp has passed, exactly the unramped loss
     for progress in (0.5, 0.9):
         assert torch.equal(ramped(logits, target, features, progress), plain(logits, target, features))
-    with pytest.raises(ValueError, match=r"ramp must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"ramp must be a number in \[0, 1\]"):
         build_loss("pals", 5, ramp=1.5)
     with pytest.raises(ValueError, match=r"got unknown \['ramp'\]"):
         build_loss("ls", 5, ramp=0.5)  # a uniform target has nothing to ramp in

@@ -1,10 +1,13 @@
 """The embedded benchmark's generators write real-format trees that the real loaders read."""
 
+import hashlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from paper_repro.data.cityscapes import LABEL_ID_TO_TRAIN_ID, CityscapesSegmentation
+from paper_repro.data import synthetic
 from paper_repro.data.synthetic import generate_cityscapes_like, generate_voc_like
 from paper_repro.data.voc import VOCSegmentation
 
@@ -110,10 +113,11 @@ def test_regenerating_replaces_the_tree(tmp_path):
     assert not (root / "stale.txt").exists()
 
 
-@pytest.mark.parametrize("field,value", [("n_train", 0), ("n_val", -1), ("height", 8), ("width", 12.5)])
-def test_generator_rejects_bad_sizes(tmp_path, field, value):
+@pytest.mark.parametrize("field,value,expected", [("n_train", 0, "a positive integer"), ("n_val", -1, "a positive integer"),
+                                                  ("height", 8, "an integer >= 16"), ("width", 12.5, "an integer >= 16")])
+def test_generator_rejects_bad_sizes(tmp_path, field, value, expected):
     sizes = {"n_train": 2, "n_val": 1, "height": 32, "width": 32} | {field: value}
-    with pytest.raises(ValueError, match=f"{field} must be an integer"):
+    with pytest.raises(ValueError, match=f"{field} must be {expected}, got {value}"):
         generate_cityscapes_like(tmp_path / "x", seed=0, **sizes)
     assert not (tmp_path / "x").exists()
 
@@ -134,3 +138,25 @@ def test_generator_rejects_a_typical_look_outside_0_1(tmp_path, generate):
     with pytest.raises(ValueError, match=r"typical_look must be a number in \[0, 1\], got 1.5"):
         generate(tmp_path / "x", n_train=2, n_val=1, height=32, width=32, seed=0, typical_look=1.5)
     assert not (tmp_path / "x").exists()
+
+
+def drawn_digest(scenes) -> str:
+    digest = hashlib.sha256()
+    for image, labels in scenes:
+        digest.update(np.ascontiguousarray(image).tobytes())
+        digest.update(np.ascontiguousarray(labels).tobytes())
+    return digest.hexdigest()
+
+
+def test_the_drawn_scenes_are_those_the_committed_study_was_generated_from():
+    """SHA-256 of drawn street, object and pretraining source scenes (images and labels), recorded from the
+    generator that wrote the committed study's data: a change to the drawing code that changes one pixel of
+    the benchmark changes these (refactors must keep them; a deliberate change records new ones)."""
+    streets = drawn_digest(synthetic.draw_street_scene(np.random.default_rng([0, 0, i]), 64, 128) for i in range(12))
+    larger = drawn_digest(synthetic.draw_street_scene(np.random.default_rng([1, 1, i]), 128, 256) for i in range(4))
+    objects = drawn_digest(synthetic.draw_object_scene(np.random.default_rng([0, 0, i]), 80, 80) for i in range(12))
+    source = drawn_digest(synthetic.draw_source_image(0, "train", i, 64, 64, 0.5) for i in range(6))
+    assert streets == "f468305e19bae5673a04e190a6eb3caeed7e4d74ccac507aa6f0aad185e4dec0"
+    assert larger == "ff146645e3701fbb9ce8c46b2c307cea542fb1693fcad2c3e0b8ae3e86297cdd"
+    assert objects == "2532ba500c1f72ada8ab416f56b6bbb0553c53137b7a494cc733ad00fda26343"
+    assert source == "a4cd40d3dab6154cf5d21c617cc2977c035d3ec50c6a9e00d25405799aa6bfe3"

@@ -258,3 +258,15 @@ def test_a_run_that_fails_in_a_worker_ends_the_runs_stage_with_its_one_line_erro
     assert result.returncode == 2 and "2 at a time" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: loss became")
     assert "Traceback" not in result.stderr
+
+
+def test_the_sgd_step_is_fused_on_cuda_only():
+    """The device-selected branch, checked on the CPU: CUDA asks for the fused SGD kernel, the CPU keeps the default step
+    (the one the committed results were made with)."""
+    from paper_repro.train import sgd_kernel
+
+    assert sgd_kernel(torch.device("cuda")) == {"fused": True} and sgd_kernel(torch.device("cuda", 1)) == {"fused": True}
+    assert sgd_kernel(torch.device("cpu")) == {}
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, **sgd_kernel(torch.device("cpu")))
+    assert not optimizer.defaults.get("fused")

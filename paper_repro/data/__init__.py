@@ -2,7 +2,8 @@
 
 :data:`KINDS` says how each ``datasets.<name>.kind`` (``settings.DATASET_KINDS``) is read: the
 loader class, the class names and colours in train-id order. The embedded benchmark's generators
-(``synthetic.py``) write the same formats; only the ``generate`` stage loads them.
+(``synthetic.py``) write the same formats; the ``generate`` stage, the ``pretrain`` stage (its source
+scenes) and the benchmark (a training split for its loader cases) load them, never a run.
 """
 
 from __future__ import annotations
