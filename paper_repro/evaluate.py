@@ -8,7 +8,9 @@ mIoU, per-class IoU, pixel accuracy and ECE (``evaluate.calibration_bins`` bins)
 pixel accuracy of the boundary band (labelled pixels within ``evaluate.boundary_width`` pixels
 of a label change) and of the interior, and saves
 the predicted labels of a fixed list of evaluation images (the first
-``evaluate.figure_images`` ids in sorted order) for the qualitative figures.
+``evaluate.figure_images`` ids in sorted order) for the qualitative figures. Beside the scores,
+``metrics.json`` records what the run's method asks of each class's pixels of its own training
+images (``targets``, ``paper_repro/margins.py``; docs/method.md, section 7).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .data import class_names, open_dataset
 from .data.transforms import eval_transforms
 from .errors import CheckpointError
 from .layout import Layout
+from .margins import target_margins
 from .metrics import boundary_band, calibration_bins, confusion_matrix, ece_from_bins, iou_per_class, mean_iou, pixel_accuracy
 from .models import build_model
 from .inference import class_probabilities
@@ -122,6 +125,7 @@ def evaluate(settings: RunSettings, layout: Layout = Layout()) -> dict:
         "images": len(data),
         "split": split,
         "reliability": {"count": bins[0].tolist(), "confidence_sum": bins[1].tolist(), "correct": bins[2].tolist()},
+        "targets": target_margins(settings, model, layout, device),  # what the method's target asks, on the run's training images
     }
     write_json(metrics, metrics_path)
     log.info("%s: mIoU %.2f, pixel accuracy %.2f, ECE %.2f", metrics_path, metrics["miou"], metrics["pixel_accuracy"], metrics["ece"])

@@ -163,6 +163,44 @@ def bench_scaling(aggregation: pd.DataFrame, time_ax: plt.Axes, memory_ax: plt.A
         ax.legend(fontsize=7)
 
 
+def margin_correlations(margins: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, label percent and method but ``ce`` (and per dataset and percent over all those methods
+    together, method ``all``): Pearson's r between the classes' mean target margin and their IoU difference to
+    ``ce`` (``report.target_margins``), its 95% interval (Fisher's z: ``tanh(atanh(r) +- 1.96 / sqrt(n - 3))``)
+    and the number of (method, class) points."""
+    from scipy import stats
+
+    rows = []
+    points = margins[(margins["method"] != BASELINE) & margins["iou_minus_ce"].notna() & (margins["schedule"] == 1)]
+    for (dataset, percent), group in points.groupby(["dataset", "percent"], sort=False):
+        for method, part in [*group.groupby("method", sort=False), ("all", group)]:
+            if len(part) < 4:
+                continue
+            result = stats.pearsonr(part["margin"], part["iou_minus_ce"])
+            interval = result.confidence_interval(0.95)
+            rows.append({"dataset": dataset, "percent": percent, "method": method, "r": result.statistic,
+                         "ci_low": interval.low, "ci_high": interval.high, "points": len(part)})
+    return pd.DataFrame(rows, columns=["dataset", "percent", "method", "r", "ci_low", "ci_high", "points"]).round(3)
+
+
+def gains_over_baseline(main: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Every method the study ran against ``ce`` at its own schedule: the main grid's (``main.csv``) and the sweep's
+    variants (``ablation_comparisons.csv``, against ``ce``), each with its paired mIoU difference, 95% interval and
+    p-value, and the p-values adjusted by Holm over all of them together (one family: every claim that some variant
+    beats or trails ``ce`` somewhere); ``gain`` where the adjusted p-value is below 0.05 and the difference positive."""
+    from .report import LEVEL, holm
+
+    grid = main[(main["method"] != BASELINE) & (main["schedule"] == 1)].rename(
+        columns={"miou_delta_vs_ce": "difference", "miou_ci_low": "ci_low", "miou_ci_high": "ci_high", "miou_p": "p"})
+    sweep = comparisons[(comparisons["metric"] == "miou") & (comparisons["reference"] == BASELINE)]
+    columns = ["dataset", "method", "percent", "difference", "ci_low", "ci_high", "p"]
+    family = pd.concat([grid[columns], sweep[columns]], ignore_index=True)
+    family["p_holm"] = holm(family["p"])
+    family["gain"] = (family["p_holm"] < 1 - LEVEL) & (family["difference"] > 0)
+    family["comparisons"] = int(family["p"].notna().sum())
+    return family.round(4)
+
+
 def published_supervised() -> pd.DataFrame:
     """:data:`PUBLISHED_SUPERVISED` as a table: kind, source, labelled, images, percent, miou."""
     return pd.DataFrame([{"kind": kind, "source": source, "labelled": labelled, "images": images,

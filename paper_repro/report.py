@@ -6,7 +6,8 @@ paired t-test's p-value, whether the interval excludes 0).
 Reads the ``metrics.json`` of every run of the study, the ablation and the schedule sensitivity
 and writes CSV tables; the notebooks read these tables, nothing downstream recomputes them. The
 ablation's table compares every variant with ``ce`` and with ``pals`` and adjusts the p-values of
-all those comparisons together by Holm's step-down method.
+all those comparisons together by Holm's step-down method. ``margins.csv`` averages what each
+method's target asks of each class (docs/method.md, section 7) beside the class's IoU difference to ``ce``.
 """
 
 from __future__ import annotations
@@ -140,6 +141,36 @@ def per_class(runs: list[Run], layout: Layout) -> pd.DataFrame:
     return table.round(4)
 
 
+def target_margins(runs: list[Run], layout: Layout) -> pd.DataFrame:
+    """Long table: per run group (dataset, method, percent, schedule) and class, the means over seeds of what the
+    method's target asks at the class's labelled pixels of the runs' training images (``paper_repro/margins.py``:
+    ``label_mass``, ``rival_mass``, ``margin``, ``q_elsewhere``), the rival class most runs name, the number of
+    seeds, and the mean over seeds of the class's IoU minus ``ce``'s on the same seed (``iou_minus_ce``; empty
+    where ``ce`` was not run alike). Runs whose metrics hold no ``targets`` (written before they were recorded)
+    add no rows."""
+    named = set(runs)
+    records = []
+    for run in runs:
+        metrics = read_metrics(run, layout)
+        baseline = replace(run, method=BASELINE)
+        baseline_iou = read_metrics(baseline, layout)["iou"] if baseline in named else {}
+        for name, row in metrics.get("targets", {}).items():
+            iou, reference = metrics["iou"].get(name), baseline_iou.get(name)
+            difference = iou - reference if iou is not None and reference is not None else np.nan
+            records.append({"dataset": run.dataset, "method": run.method, "percent": run.percent, "schedule": run.schedule, "class": name,
+                            **{key: row[key] for key in ("label_mass", "rival_mass", "margin", "rival")},
+                            "q_elsewhere": np.nan if row["q_elsewhere"] is None else row["q_elsewhere"], "iou_minus_ce": difference})
+    columns = [*GROUP, "class", "label_mass", "rival_mass", "margin", "q_elsewhere", "rival", "seeds", "iou_minus_ce"]
+    if not records:
+        return pd.DataFrame(columns=columns)
+    long = pd.DataFrame.from_records(records)
+    grouped = long.groupby(GROUP + ["class"], sort=False)
+    table = grouped[["label_mass", "rival_mass", "margin", "q_elsewhere", "iou_minus_ce"]].mean()
+    table["rival"] = grouped["rival"].agg(lambda names: names.mode().iloc[0])
+    table["seeds"] = grouped.size()
+    return table.reset_index()[columns].round(4)
+
+
 def report(settings: Settings, layout: Layout = Layout()) -> dict[str, Path]:
     """Write the study's tables; returns their paths by name."""
     study_runs = settings.study.runs()
@@ -150,6 +181,7 @@ def report(settings: Settings, layout: Layout = Layout()) -> dict[str, Path]:
         "calibration": with_paired(runs, "ece").merge(summarise(runs, "pixel_accuracy").drop(columns="n"), on=GROUP),
         "boundary": with_paired(runs, "boundary_miou").merge(with_paired(runs, "interior_miou").drop(columns="n"), on=GROUP),
         "per_class": per_class(study_runs, layout),
+        "margins": target_margins(settings.runs(), layout),
     }
     if settings.ablation:  # the ablation's variants beside the study's ce and pals runs of the same percents and seeds
         ablation = load_runs(settings.ablation.runs((BASELINE, ABLATED, *settings.ablation.methods)), layout)

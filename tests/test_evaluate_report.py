@@ -15,7 +15,7 @@ from paper_repro.evaluate import equal_size_batches
 from paper_repro.explain import query_pixels
 from paper_repro.models import build_model
 from paper_repro.layout import Layout, Run
-from paper_repro.report import comparisons, holm, paired_differences, per_class, summarise
+from paper_repro.report import comparisons, holm, paired_differences, per_class, summarise, target_margins
 from scipy import stats
 
 
@@ -162,6 +162,29 @@ def test_per_class_lists_each_datasets_own_classes(tmp_path):
         ["objects", "background", 60.0, 1], ["objects", "cat", 20.0, 1], ["objects", "dog", 30.0, 1]]
 
 
+def test_target_margins_table_by_hand(tmp_path):
+    """Per group and class: seed means of the recorded target statistics, the rival most seeds name, and the mean
+    over seeds of the class's IoU minus ce's on the same seed; runs without recorded targets add nothing."""
+    layout = Layout(tmp_path)
+
+    def targets(margin, rival, q_elsewhere):
+        return {"road": {"pixels": 10, "label_mass": 0.5 + margin / 2, "rival_mass": 0.5 - margin / 2, "rival": rival, "margin": margin,
+                         "q_elsewhere": q_elsewhere}}
+    recorded = {Run("streets", "ce", 30, 0): ({"road": 80.0}, targets(1.0, "sky", None)),
+                Run("streets", "ce", 30, 1): ({"road": 70.0}, targets(1.0, "sky", None)),
+                Run("streets", "pals", 30, 0): ({"road": 74.0}, targets(0.2, "sidewalk", 0.1)),
+                Run("streets", "pals", 30, 1): ({"road": 60.0}, targets(0.4, "sidewalk", 0.3)),
+                Run("streets", "pals", 30, 2): ({"road": 50.0}, None)}  # recorded before targets were: no row
+    for run, (iou, margins) in recorded.items():
+        layout.metrics(run).parent.mkdir(parents=True, exist_ok=True)
+        layout.metrics(run).write_text(json.dumps({"miou": 0, "iou": iou} | ({"targets": margins} if margins else {})))
+    table = target_margins(list(recorded), layout).set_index("method")
+    assert table.loc["pals", ["margin", "label_mass", "q_elsewhere", "rival", "seeds"]].tolist() == [0.3, 0.65, 0.2, "sidewalk", 2]
+    assert table.loc["pals", "iou_minus_ce"] == ((74 - 80) + (60 - 70)) / 2
+    assert table.loc["ce", "margin"] == 1.0 and table.loc["ce", "iou_minus_ce"] == 0.0 and np.isnan(table.loc["ce", "q_elsewhere"])
+    assert target_margins([Run("streets", "pals", 30, 2)], layout).empty
+
+
 def test_summary_without_the_baseline_is_an_error_not_nan_deltas():
     runs = pd.DataFrame({"dataset": ["d", "d"], "method": ["ls", "pals"], "percent": [10, 10], "schedule": 1, "seed": [0, 0], "miou": [40.0, 41.0]})
     with pytest.raises(ValueError, match="no ce baseline"):
@@ -224,3 +247,22 @@ def test_sanity_bands_by_hand():
     assert row.outside == pytest.approx(low - 68.0, abs=0.02)
     assert math.isnan(bands.loc[("cityscapes", 100)].band_low)  # no published Cityscapes split at 100%
     assert (bands.loc[("voc", 100)].band_low, bands.loc[("voc", 100)].band_high, bands.loc[("voc", 100)].outside) == (72.5, 73.5, 0.0)
+
+
+def test_gains_over_the_baseline_are_held_to_holm_over_every_comparison_with_ce():
+    """Grid and sweep claims against ce form one family: a raw p of 0.01 among four comparisons is adjusted to 0.04
+    (a gain), a raw 0.02 in second place to 0.06 (none); ce's own rows, ls's schedule-x2 row and comparisons with
+    pals are not claims against ce."""
+    from paper_repro.plots import gains_over_baseline
+
+    main = pd.DataFrame({"dataset": "d", "method": ["ce", "pals", "pals", "ls"], "percent": [10, 10, 30, 10], "schedule": [1, 1, 1, 2],
+                         "miou_delta_vs_ce": [0.0, 2.0, -1.0, 5.0], "miou_ci_low": [0.0, 1.0, -2.0, 4.0], "miou_ci_high": [0.0, 3.0, 0.0, 6.0],
+                         "miou_p": [1.0, 0.01, 0.2, 0.001]})
+    comparisons = pd.DataFrame({"metric": ["miou", "miou", "miou", "ece"], "reference": ["ce", "ce", "pals", "ce"], "dataset": "d",
+                                "method": ["v1", "v2", "v1", "v1"], "percent": 30, "difference": [1.5, 3.0, 9.0, -1.0],
+                                "ci_low": [0.5, 0.1, 8.0, -2.0], "ci_high": [2.5, 5.0, 10.0, 0.0], "p": [0.02, 0.3, 0.0001, 0.01]})
+    table = gains_over_baseline(main, comparisons).set_index(["method", "percent"])
+    assert sorted(table.index) == [("pals", 10), ("pals", 30), ("v1", 30), ("v2", 30)]
+    assert table.loc[("pals", 10), "p_holm"] == pytest.approx(0.04) and table.loc[("pals", 10), "gain"]
+    assert table.loc[("v1", 30), "p_holm"] == pytest.approx(0.06) and not table.loc[("v1", 30), "gain"]
+    assert not table.loc[("pals", 30), "gain"] and (table["comparisons"] == 4).all()
