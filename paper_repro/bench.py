@@ -52,15 +52,16 @@ def fused_kernels_only(kernels=FUSED_KERNELS):
     return sdpa_kernel(list(kernels))
 
 
-def aggregation_kernel(batch: int, queries: int, keys: int, dim: int, classes: int, dtype: torch.dtype, device: torch.device) -> str:
-    """The kernel ``aggregate_predictions`` runs on these shapes, as the dispatcher chooses it among the fused
-    ones (``flash_attention``, ``efficient_attention``, ``cudnn_attention``); ``RuntimeError`` if none accepts them."""
+def aggregation_kernel(batch: int, queries: int, keys: int, dim: int, classes: int, dtype: torch.dtype, device: torch.device,
+                       kernels=FUSED_KERNELS) -> str:
+    """The kernel ``aggregate_predictions`` runs on these shapes, as the dispatcher chooses it among ``kernels`` (the
+    fused ones: ``flash_attention``, ``efficient_attention``, ``cudnn_attention``); ``RuntimeError`` if none accepts them."""
     feature_width, value_width = padded_widths(device.type, dim, classes)
     shape = (batch, 1)
     q = torch.empty(*shape, queries, feature_width, dtype=dtype, device=device)
     k = torch.empty(*shape, keys, feature_width, dtype=dtype, device=device)
     v = torch.empty(*shape, keys, value_width, dtype=dtype, device=device)
-    with fused_kernels_only():
+    with fused_kernels_only(kernels):
         return SDPBackend(torch._fused_sdp_choice(q, k, v)).name.lower()  # the dispatcher's own choice (no public API says it)
 
 
@@ -108,10 +109,9 @@ def _aggregation_case(case: dict) -> dict:
     result = {}
     kernels = FUSED_KERNELS
     if case["variant"] != "naive":
-        kernels = (SDPBackend[case["kernel"].upper()],) if case.get("kernel") else FUSED_KERNELS
+        kernels = (SDPBackend.__members__[case["kernel"].upper()],) if case.get("kernel") else FUSED_KERNELS
         keys = case["n"] if not budget or case["n"] <= budget else math.prod(pooled_size(side, side, budget))
-        with fused_kernels_only(kernels):
-            result["kernel"] = aggregation_kernel(case["batch"], case["n"], keys, case["dim"], case["classes"], dtype, device)
+        result["kernel"] = aggregation_kernel(case["batch"], case["n"], keys, case["dim"], case["classes"], dtype, device, kernels)
 
     def call():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32), fused_kernels_only(kernels):

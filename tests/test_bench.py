@@ -29,3 +29,13 @@ def test_a_fallback_to_the_math_kernel_is_an_error(monkeypatch):
         bench._aggregation_case(case)
     monkeypatch.undo()
     assert bench._aggregation_case(case)["kernel"] == "flash_attention"
+
+
+def test_a_case_restricted_to_one_kernel_names_that_kernel_or_raises():
+    """The GPU check times each fused kernel alone: the row names the one it was restricted to, and a kernel that refuses
+    the shapes (the CPU has no memory-efficient kernel) raises instead of another one standing in."""
+    case = {"variant": "fused", "n": 64, "dim": 16, "classes": 5, "batch": 2, "tau": 0.1, "precision": "float32", "repeats": 1,
+            "device": "cpu"}
+    assert bench._aggregation_case(case | {"kernel": "flash_attention"})["kernel"] == "flash_attention"
+    with pytest.raises(RuntimeError, match="No available kernel|No viable backend"):
+        bench._aggregation_case(case | {"kernel": "efficient_attention"})
