@@ -37,7 +37,7 @@ from .data.synthetic import GENERATORS
 from .layout import Layout
 from .losses import SmoothedTargetLoss, aggregate_predictions, padded_widths, pooled_size
 from .models import build_model
-from .runtime import autocast_dtype, start_process
+from .runtime import autocast_dtype, precision_name, start_process
 from .runtime import device as compute_device
 from .settings import ABLATED, BASELINE, GENERATOR_MINIMA, Settings
 from .tool_settings import BenchSettings
@@ -253,7 +253,7 @@ def model_cases(settings: Settings, bench_settings: BenchSettings) -> list[dict]
 def aggregation_cases(settings: Settings, bench_settings: BenchSettings, device: torch.device) -> list[dict]:
     """The aggregation cases of ``bench:``: every variant at every class count and N it is run at, with the
     tau of the study's ``pals``."""
-    precision = str(autocast_dtype(settings.train.amp, device) or torch.float32).removeprefix("torch.")
+    precision = precision_name(settings.train.amp, device)
     tau = settings.loss(ABLATED).tau
     cases = []
     for classes in bench_settings.classes:
@@ -284,7 +284,7 @@ def run_bench(settings: Settings, bench_settings: BenchSettings, layout: Layout 
     for model_case in models:
         case = {key: model_case[key] for key in ("size", "batch", "classes")} | {
             "model": model_case["name"], "dataset": model_case.get("dataset"), "repeats": bench_settings.step_repeats,
-            "precision": str(autocast_dtype(model_case["train"].amp, device) or torch.float32).removeprefix("torch."),
+            "precision": precision_name(model_case["train"].amp, device),
             "device": str(device)}
         inputs = {"losses": losses, "train": model_case["train"]}
         label = f"{case['model']} {case['size'][0]}x{case['size'][1]} batch {case['batch']} {case['precision']}"

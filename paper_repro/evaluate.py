@@ -33,7 +33,7 @@ from .layout import Layout
 from .margins import target_margins
 from .metrics import boundary_band, calibration_bins, confusion_matrix, ece_from_bins, iou_per_class, mean_iou, pixel_accuracy
 from .models import build_model
-from .inference import class_probabilities
+from .inference import class_probabilities, equal_size_batches
 from .runtime import autocast_dtype
 from .runtime import device as compute_device
 from .settings import EvaluateSettings, ModelSettings, RunSettings
@@ -57,22 +57,6 @@ def load_model(path: Path, model_settings: ModelSettings, num_classes: int, devi
 def load_trained_model(settings: RunSettings, layout: Layout, device: torch.device) -> torch.nn.Module:
     """The final weights of the run in evaluation mode."""
     return load_model(layout.model(settings.run), settings.model, settings.dataset.num_classes, device)
-
-
-def equal_size_batches(data, batch_size: int):
-    """``(indices, images [B, 3, H, W], masks [B, H, W])``: consecutive samples of ``data`` stacked in
-    order, at most ``batch_size`` per batch and of one size (a batch ends where the size changes)."""
-    indices, images, masks = [], [], []
-    for index in range(len(data)):
-        image, mask = data[index]
-        if images and (len(images) == batch_size or image.shape != images[0].shape):
-            yield indices, torch.stack(images), torch.stack(masks)
-            indices, images, masks = [], [], []
-        indices.append(index)
-        images.append(image)
-        masks.append(mask)
-    if images:
-        yield indices, torch.stack(images), torch.stack(masks)
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """Whole-image inference: class probabilities at an image's own resolution, optionally averaged over
 scales and horizontal flips (docs/method.md, section 6). ``evaluate`` and ``predict`` both use it, so
-a submission holds exactly the predictions the project's own evaluation scores."""
+a submission holds exactly the predictions the project's own evaluation scores; evaluate and the
+target margins feed it consecutive images of one size at a time (:func:`equal_size_batches`)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,19 @@ def class_probabilities(model: torch.nn.Module, images: torch.Tensor, scales: Se
             probs = probs.flip(-1) if mirrored else probs
             total, views = (probs if total is None else total + probs), views + 1
     return total if views == 1 else total / views
+
+
+def equal_size_batches(data, batch_size: int):
+    """``(indices, images [B, 3, H, W], masks [B, H, W])``: consecutive samples of ``data`` stacked in
+    order, at most ``batch_size`` per batch and of one size (a batch ends where the size changes)."""
+    indices, images, masks = [], [], []
+    for index in range(len(data)):
+        image, mask = data[index]
+        if images and (len(images) == batch_size or image.shape != images[0].shape):
+            yield indices, torch.stack(images), torch.stack(masks)
+            indices, images, masks = [], [], []
+        indices.append(index)
+        images.append(image)
+        masks.append(mask)
+    if images:
+        yield indices, torch.stack(images), torch.stack(masks)

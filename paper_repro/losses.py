@@ -187,13 +187,19 @@ class SmoothedTargetLoss(nn.Module):
 
     def targets(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         """The full soft target ``t`` (step 5), ``[B, K, H, W]``; zero at ignored pixels."""
+        return self.targets_and_smoothing(logits, target, features, progress)[0]
+
+    def targets_and_smoothing(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor,
+                              progress: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(t, q)``: :meth:`targets` and the smoothing distribution it mixed in (``None`` for plain cross-entropy)."""
         valid = target != self.ignore_index
         onehot = F.one_hot(torch.where(valid, target, 0), self.num_classes).permute(0, 3, 1, 2).float()
         alpha = self.one_hot_weight(progress)
-        soft = alpha * onehot
+        soft, q = alpha * onehot, None
         if self.smoothing is not None:
-            soft = soft + (1.0 - alpha) * self.smoothing_distribution(logits, features).float()
-        return soft * valid.unsqueeze(1)
+            q = self.smoothing_distribution(logits, features).float()
+            soft = soft + (1.0 - alpha) * q
+        return soft * valid.unsqueeze(1), q
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor | None = None,
                 progress: float = 1.0) -> torch.Tensor:

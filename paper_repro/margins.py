@@ -7,7 +7,8 @@ class than the label.
 ``1 - eps``); PALS's puts ``1 - alpha`` on the classes the pixel's feature-neighbours predict, so that its
 margin can be small, or negative where the aggregated prediction favours a rival strongly. The runs
 stage measures it with each run's final model on the first :data:`TARGET_IMAGES` images of the run's
-own labelled subset, at full resolution, without augmentation, as that model builds its targets.
+own labelled subset, at full resolution, without augmentation, as that model builds its targets
+(``evaluate.batch_size`` images of one size per forward pass; a batch's images never attend to each other).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from . import IGNORE_INDEX
 from .data import class_names, open_dataset
 from .data.transforms import eval_transforms
+from .inference import equal_size_batches
 from .layout import Layout
 from .losses import SmoothedTargetLoss
 from .settings import RunSettings
@@ -79,10 +81,10 @@ def target_margins(settings: RunSettings, model: torch.nn.Module, layout: Layout
     data = open_dataset(spec, spec.train_split, ids, eval_transforms())
     loss = SmoothedTargetLoss(settings.loss, spec.num_classes)
     margins = TargetMargins(spec.num_classes)
-    for index in range(len(data)):
-        image, label = data[index]
-        output = model(image[None].to(device).contiguous(memory_format=torch.channels_last))
-        logits, features, label = output["out"].float(), output["feat"].float(), label[None].to(device)
-        q = loss.smoothing_distribution(logits, features) if loss.smoothing in ("aggregated", "image_mean") else None
-        margins.update(loss.targets(logits, label, features).cpu(), label.cpu(), None if q is None else q.cpu())
+    for _, images, labels in equal_size_batches(data, settings.evaluate.batch_size):
+        output = model(images.to(device).contiguous(memory_format=torch.channels_last))
+        targets, q = loss.targets_and_smoothing(output["out"].float(), labels.to(device), output["feat"].float())
+        if loss.smoothing == "uniform":  # ls: q is 1/K everywhere, its largest mass on no class in particular
+            q = None
+        margins.update(targets.cpu(), labels, None if q is None else q.cpu())
     return margins.summary(class_names(spec))

@@ -183,18 +183,21 @@ def margin_correlations(margins: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "percent", "method", "r", "ci_low", "ci_high", "points"]).round(3)
 
 
-def gains_over_baseline(main: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
+def gains_over_baseline(main: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every method the study ran against ``ce`` at its own schedule: the main grid's (``main.csv``) and the sweep's
     variants (``ablation_comparisons.csv``, against ``ce``), each with its paired mIoU difference, 95% interval and
     p-value, and the p-values adjusted by Holm over all of them together (one family: every claim that some variant
-    beats or trails ``ce`` somewhere); ``gain`` where the adjusted p-value is below 0.05 and the difference positive."""
+    beats or trails ``ce`` somewhere; without a sweep, the main grid's alone); ``gain`` where the adjusted p-value is below
+    0.05 and the difference positive."""
     from .report import LEVEL, holm
 
     grid = main[(main["method"] != BASELINE) & (main["schedule"] == 1)].rename(
         columns={"miou_delta_vs_ce": "difference", "miou_ci_low": "ci_low", "miou_ci_high": "ci_high", "miou_p": "p"})
-    sweep = comparisons[(comparisons["metric"] == "miou") & (comparisons["reference"] == BASELINE)]
     columns = ["dataset", "method", "percent", "difference", "ci_low", "ci_high", "p"]
-    family = pd.concat([grid[columns], sweep[columns]], ignore_index=True)
+    parts = [grid[columns]]
+    if comparisons is not None:
+        parts.append(comparisons[(comparisons["metric"] == "miou") & (comparisons["reference"] == BASELINE)][columns])
+    family = pd.concat(parts, ignore_index=True)
     family["p_holm"] = holm(family["p"])
     family["gain"] = (family["p_holm"] < 1 - LEVEL) & (family["difference"] > 0)
     family["comparisons"] = int(family["p"].notna().sum())

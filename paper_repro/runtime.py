@@ -92,6 +92,11 @@ def worker_environment(threads: int) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def precision_name(amp: str, where: torch.device) -> str:
+    """The dtype training computes in on ``where``, as a word: ``bfloat16``, ``float16`` or ``float32``."""
+    return str(autocast_dtype(amp, where) or torch.float32).removeprefix("torch.")
+
+
 def keep_freed_memory() -> None:
     """Have glibc keep freed memory for reuse instead of returning it to the system (no-op without glibc).
 

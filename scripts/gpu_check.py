@@ -47,7 +47,7 @@ from paper_repro.config import load_settings
 from paper_repro.data import open_dataset
 from paper_repro.data.synthetic import GENERATORS
 from paper_repro.layout import Layout, Run
-from paper_repro.runtime import autocast_dtype
+from paper_repro.runtime import precision_name
 from paper_repro.runtime import device as compute_device
 from paper_repro.settings import ABLATED, Settings
 from paper_repro.subsets import write_manifest
@@ -77,7 +77,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 8192, re
 def paper_scale_aggregation(settings: Settings, device: torch.device) -> dict:
     """The aggregation at ``PAPER_SCALE`` in ``train.amp``: the dispatcher's kernel and every fused kernel alone
     (those that refuse the shapes are listed as such), with the FLOP bound ``2 B N^2 (D + K)``."""
-    precision = str(autocast_dtype(settings.train.amp, device) or torch.float32).removeprefix("torch.")
+    precision = precision_name(settings.train.amp, device)
     case = PAPER_SCALE | {"variant": "fused", "tau": settings.loss(ABLATED).tau, "precision": precision, "repeats": 10, "device": str(device)}
     chosen = _aggregation_case(case)
     alone = {}
@@ -108,7 +108,7 @@ def smoke_run(settings: Settings, dataset: str, device: torch.device, steps: int
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model": case["model"], "size": case["size"], "batch": case["batch"], "steps": steps,
-        "precision": str(autocast_dtype(train_settings.amp, device) or torch.float32).removeprefix("torch."),
+        "precision": precision_name(train_settings.amp, device),
         "step_seconds": median, "pals_over_ce": median["pals"] / median["ce"], "target_pals_over_ce": TARGETS["pals_over_ce"],
         "peak_memory_mb": {method: step_memory(case | {"method": method}) for method in SMOKE_METHODS} if device.type == "cuda" else None,
     }

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import run_cli
 from paper_repro.data.cityscapes import CityscapesSegmentation
 from paper_repro.data.transforms import eval_transforms
-from paper_repro.evaluate import equal_size_batches
+from paper_repro.inference import equal_size_batches
 from paper_repro.explain import query_pixels
 from paper_repro.models import build_model
 from paper_repro.layout import Layout, Run
@@ -266,3 +266,5 @@ def test_gains_over_the_baseline_are_held_to_holm_over_every_comparison_with_ce(
     assert table.loc[("pals", 10), "p_holm"] == pytest.approx(0.04) and table.loc[("pals", 10), "gain"]
     assert table.loc[("v1", 30), "p_holm"] == pytest.approx(0.06) and not table.loc[("v1", 30), "gain"]
     assert not table.loc[("pals", 30), "gain"] and (table["comparisons"] == 4).all()
+    alone = gains_over_baseline(main)  # no sweep: the main grid's claims form the family
+    assert alone["method"].tolist() == ["pals", "pals"] and alone["p_holm"].tolist() == [0.02, 0.2]
