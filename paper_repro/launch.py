@@ -57,9 +57,12 @@ LOCAL_TIMEOUT_MINUTES = 7 * 24 * 60  # submitit's local jobs are killed after th
 
 
 def stages_of(settings: Settings) -> dict[Run, str]:
-    """Every run of the study, the ablation and the schedule sensitivity, in that order, with its
-    stage in ``dvc.yaml``: its dataset's ``runs@synthetic-cityscapes``."""
-    return {run: f"runs@{run.dataset}" for run in settings.runs()}
+    """Every run of the study, the ablation, the schedule and the scale checks, in that order, with its stage in
+    ``dvc.yaml``: its dataset's ``runs@synthetic-cityscapes``, or for a dataset drawn larger ``runs-scaled@synthetic-cityscapes``."""
+    def stage(dataset: str) -> str:
+        drawn_from = settings.dataset(dataset).scaled_from
+        return f"runs-scaled@{drawn_from}" if drawn_from else f"runs@{dataset}"
+    return {run: stage(run.dataset) for run in settings.runs()}
 
 
 def run_key(run: Run) -> str:

@@ -194,6 +194,16 @@ class DatasetSettings:
     crop: tuple[int, int]
     generate: dict | None = None  # the embedded generator's arguments; None for a real dataset
     train: dict = field(default_factory=dict)  # entries that replace the train section's for this dataset's runs
+    scaled_from: str | None = None  # the dataset this one is, generated ``scale`` times higher and wider (the scale check)
+    scale: int = 1
+
+    def scaled(self, factor: int) -> DatasetSettings:
+        """This generated dataset drawn ``factor`` times higher and wider, named ``<name>-x<factor>``: the same
+        scenes (the generator's arguments but the size), crop and base size ``factor`` times larger, the same training."""
+        size = {key: self.generate[key] * factor for key in ("height", "width")}
+        return replace(self, name=f"{self.name}-x{factor}", root=f"{self.root}-x{factor}", generate=self.generate | size,
+                       base_size=self.base_size * factor, crop=(self.crop[0] * factor, self.crop[1] * factor),
+                       scaled_from=self.name, scale=factor)
 
 
 @dataclass(frozen=True)
@@ -339,6 +349,7 @@ class Settings:
     explain: ExplainSettings
     ablation: Study | None = None  # extra runs compared with the study's ce and pals runs
     schedule: Study | None = None  # study runs trained longer (schedule sensitivity)
+    scale: Study | None = None  # runs of the study or the sweep on their datasets generated larger (``datasets`` holds those)
 
     def dataset(self, name: str) -> DatasetSettings:
         if name not in self.datasets:
@@ -358,8 +369,8 @@ class Settings:
         return replace(train, iterations=train.iterations * schedule)
 
     def runs(self, dataset: str | None = None) -> list[Run]:
-        """Every run of the study, the sweep and the schedule sensitivity (those on ``dataset`` if given), in that order."""
-        every = self.study.runs() + [run for extra in (self.ablation, self.schedule) if extra for run in extra.runs()]
+        """Every run of the study, the sweep, the schedule and the scale checks (those on ``dataset`` if given), in that order."""
+        every = self.study.runs() + [run for extra in (self.ablation, self.schedule, self.scale) if extra for run in extra.runs()]
         return [run for run in every if dataset in (None, run.dataset)]
 
     def run(self, run: Run) -> RunSettings:
@@ -389,9 +400,13 @@ def resolve(params: dict, source: str) -> Settings:
     evaluate = EvaluateSettings(top.get("evaluate.figure_images", NON_NEGATIVE_INTEGER), top.get("evaluate.calibration_bins", POSITIVE_INTEGER),
                                 top.get("evaluate.boundary_width", POSITIVE_INTEGER), tuple(float(s) for s in scales),
                                 top.get("evaluate.flip", BOOLEAN), top.get("evaluate.batch_size", POSITIVE_INTEGER))
+    ablation = read_ablation(top, study, methods_tree) if "ablation" in params else None
+    scale = None
+    if "scale" in params:
+        scale, scaled = read_scale(top, study, ablation, datasets)
+        datasets |= scaled
     return Settings(study, datasets, methods, model, train, evaluate, read_pretrain(top.section("pretrain")),
-                    read_explain(top, study, methods), read_ablation(top, study, methods_tree) if "ablation" in params else None,
-                    read_schedule(top, study) if "schedule" in params else None)
+                    read_explain(top, study, methods), ablation, read_schedule(top, study) if "schedule" in params else None, scale)
 
 
 def read_study(top: Section, datasets: dict, methods: dict) -> Study:
@@ -499,3 +514,32 @@ def read_schedule(top: Section, study: Study) -> Study:
     schedule = top.section("schedule")
     grid = {key: schedule.names(key, getattr(study, key), f"study.{key}") for key in ("datasets", "methods", "percents", "seeds")}
     return Study(**grid, schedule=schedule.get("factor", integer_from(2)))
+
+
+def read_scale(top: Section, study: Study, ablation: Study | None,
+               datasets: dict[str, DatasetSettings]) -> tuple[Study | None, dict[str, DatasetSettings]]:
+    """Runs of the study or the sweep (their methods, percents and seeds) on their generated datasets drawn ``factor``
+    times higher and wider, and those datasets by name (``<dataset>-x<factor>``). ``datasets: []`` runs none (a real
+    dataset cannot be drawn larger)."""
+    scale = top.section("scale")
+    factor = scale.get("factor", integer_from(2))
+    bases = scale.get("datasets", Rule(lambda v: isinstance(v, list), "a list of dataset names (empty: no scale check)"))
+    if not bases:
+        return None, {}
+    grid = {key: scale.names(key, getattr(study, key), f"study.{key}") for key in ("datasets", "percents", "seeds")}
+    known = study.methods + (ablation.methods if ablation else ())
+    grid["methods"] = scale.names("methods", known, "study.methods or ablation.methods")
+    at_one = set(study.runs() + (ablation.runs() if ablation else []))
+    for run in Study(**grid).runs():
+        if run not in at_one:
+            top.fail(f"scale: {run.method} at {run.percent}% seed {run.seed} on {run.dataset} is not a run of the study or the "
+                     f"ablation, so it has nothing to be compared with at 1x")
+    scaled = {}
+    for name in grid["datasets"]:
+        if datasets[name].generate is None:
+            top.fail(f"scale.datasets names {name!r}, which has no generate: section; only a generated dataset can be drawn larger")
+        spec = datasets[name].scaled(factor)
+        if spec.name in datasets:
+            top.fail(f"scale: the dataset {name!r} drawn {factor}x would be named {spec.name!r}, which datasets already holds")
+        scaled[spec.name] = spec
+    return Study(tuple(scaled), grid["methods"], grid["percents"], grid["seeds"]), scaled

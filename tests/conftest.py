@@ -29,6 +29,7 @@ TINY_PARAMS = {
               "poly_power": 0.9, "checkpoint_every": 2, "workers": 0, "cache_decoded": True, "amp": "off",
               "runs_at_once": 2},
     "evaluate": {"figure_images": 2, "calibration_bins": 15, "boundary_width": 2, "scales": [1.0], "flip": False, "batch_size": 2},
+    "scale": {"factor": 2, "datasets": []},  # no scale check (dvc.yaml's scaled stages read the section)
 }
 
 

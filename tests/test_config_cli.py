@@ -271,15 +271,17 @@ def test_dvc_pipeline_expands_to_the_full_study():
     names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
     settings = load_settings(ROOT / "params.yaml")
     study = settings.study
-    assert sorted(name for name in names if name.startswith("run")) == sorted(f"runs@{dataset}" for dataset in study.datasets)
+    assert sorted(name for name in names if name.startswith("run")) == sorted(
+        [f"runs@{dataset}" for dataset in study.datasets] + ["runs-scaled@synthetic-cityscapes"])
     assert "report" in names
-    # the launcher's runs are those of the study's grid, the sweep and the schedule sensitivity, each in its dataset's stage
+    # the launcher's runs are those of the study's grid, the sweep, the schedule and the scale checks, each in its dataset's stage
     from paper_repro.launch import stages_of
 
     stages = stages_of(settings)
-    grids = [study, settings.ablation, settings.schedule]
+    grids = [study, settings.ablation, settings.schedule, settings.scale]
     assert len(stages) == sum(len(grid.datasets) * len(grid.methods) * len(grid.percents) * len(grid.seeds) for grid in grids)
-    assert all(stage == f"runs@{run.dataset}" for run, stage in stages.items())
+    assert all(stage == f"runs@{run.dataset}" for run, stage in stages.items() if not run.dataset.endswith("-x2"))
+    assert stages[Run("synthetic-cityscapes-x2", "pals", 30, 2)] == "runs-scaled@synthetic-cityscapes"
     assert Run("synthetic-cityscapes", "pals", 10, 0) in stages and Run("synthetic-cityscapes", "ce", 30, 1, 2) in stages
 
 
@@ -290,9 +292,11 @@ def test_pipeline_resolves_with_every_parameter_file(tmp_path, path):
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=DVC_ENV)
     result = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=tmp_path, capture_output=True, text=True, env=DVC_ENV)
     assert result.returncode == 0, result.stderr
-    datasets = load_settings(tmp_path / "params.yaml").study.datasets
+    settings = load_settings(tmp_path / "params.yaml")
     notebooks = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["notebooks"]["foreach"]
-    expected = {f"{stage}@{dataset}" for stage in ("generate", "subsets", "runs", "explain") for dataset in datasets}
+    expected = {f"{stage}@{dataset}" for stage in ("generate", "subsets", "runs", "explain") for dataset in settings.study.datasets}
+    expected |= {f"{stage}-scaled@{settings.dataset(dataset).scaled_from}" for stage in ("generate", "subsets", "runs")
+                 for dataset in (settings.scale.datasets if settings.scale else ())}
     expected |= {"pretrain", "report"} | {f"notebooks@{name}" for name in notebooks}
     assert {line.split()[0] for line in result.stdout.splitlines() if line.strip()} == expected
 

@@ -220,3 +220,26 @@ def test_notebooks_say_whether_dvc_lock_records_the_tables_as_made_with_these_pa
     assert tables_record(tmp_path, params | {"train": {"iterations": 6}}).startswith("tables: made with these")  # not the report's
     changed = tables_record(tmp_path, params | {"study": {"seeds": [0, 1, 2]}, "ablation": {"seeds": [0]}})
     assert changed.startswith("tables: made with other ablation, study parameters than these (dvc.lock)")
+
+
+@pytest.mark.parametrize("stage", ["generate", "subsets", "runs"])
+def test_each_scaled_stage_is_its_stage_on_the_dataset_drawn_larger(stage):
+    """``<stage>-scaled`` runs over scale.datasets with the same command, code and outputs as ``<stage>``, on
+    ``<dataset>-x<factor>``; it reads scale.factor (and the runs stage the scale section instead of the grids)."""
+    base, scaled = PIPELINE[stage], PIPELINE[f"{stage}-scaled"]
+    assert base["matrix"] == {"dataset": "${study.datasets}"} and scaled["matrix"] == {"dataset": "${scale.datasets}"}
+
+    def larger(text: str) -> str:
+        return text.replace("${item.dataset}", "${item.dataset}-x${scale.factor}")
+
+    def paths(spec: dict, key: str) -> list[str]:
+        return [next(iter(entry)) if isinstance(entry, dict) else entry for entry in spec.get(key, [])]
+
+    assert scaled["cmd"] == larger(base["cmd"])
+    for key in ("deps", "outs", "metrics", "plots"):
+        assert paths(scaled, key) == [larger(path) for path in paths(base, key)], key
+        assert [entry[path] for entry, path in zip(scaled.get(key, []), paths(scaled, key)) if isinstance(entry, dict)] == \
+            [entry[path] for entry, path in zip(base.get(key, []), paths(base, key)) if isinstance(entry, dict)], key
+    added, removed = {"generate": (["scale.factor"], []), "subsets": (["scale.factor"], []),
+                      "runs": (["scale"], ["study", "ablation", "schedule"])}[stage]
+    assert sorted(scaled["params"]) == sorted([key for key in base["params"] if key not in removed] + added)
