@@ -3,8 +3,8 @@ dataset, method, label percent and schedule, with the difference of the means to
 paired statistics of the per-seed differences to ``ce`` (95% t-interval, number of pairs, the
 paired t-test's p-value, whether the interval excludes 0).
 
-Reads the ``metrics.json`` of every run of the study, the ablation and the schedule sensitivity
-and writes CSV tables; the notebooks read these tables, nothing downstream recomputes them. The
+Reads the ``metrics.json`` of every run of the study, the ablation, the schedule and the scale
+checks and writes CSV tables; the notebooks read these tables, nothing downstream recomputes them. The
 ablation's table compares every variant with ``ce`` and with ``pals`` and adjusts the p-values of
 all those comparisons together by Holm's step-down method. ``margins.csv`` averages what each
 method's target asks of each class (docs/method.md, section 7) beside the class's IoU difference to ``ce``.
@@ -72,22 +72,25 @@ def paired_differences(runs: pd.DataFrame, column: str, reference: str = BASELIN
     base = runs[runs["method"] == reference].set_index(PAIRING)[column]
     keys = pd.MultiIndex.from_frame(runs[PAIRING])
     pairs = runs.assign(difference=runs[column].to_numpy() - base.reindex(keys).to_numpy()).dropna(subset=["difference"])
-    rows = []
-    for key, group in pairs.groupby(GROUP, sort=False):
-        differences = group["difference"].to_numpy()
-        n, mean = len(differences), differences.mean()
-        spread = differences.std(ddof=1) if n > 1 else np.nan
-        if n > 1 and spread > 0:
-            low, high = stats.t.interval(LEVEL, n - 1, loc=mean, scale=spread / np.sqrt(n))
-            p = stats.ttest_1samp(differences, 0.0).pvalue
-        elif n > 1:  # identical differences in every seed: the interval is that value
-            low = high = mean
-            p = 1.0 if mean == 0 else 0.0
-        else:
-            low = high = p = np.nan
-        rows.append(dict(zip(GROUP, key)) | {f"{column}_difference": mean, f"{column}_ci_low": low, f"{column}_ci_high": high,
-                                             f"{column}_pairs": n, f"{column}_p": p, f"{column}_resolved": bool(low > 0 or high < 0)})
+    rows = [dict(zip(GROUP, key)) | {f"{column}_{name}": value for name, value in t_interval(group["difference"].to_numpy()).items()}
+            for key, group in pairs.groupby(GROUP, sort=False)]
     return pd.DataFrame.from_records(rows)
+
+
+def t_interval(differences: np.ndarray) -> dict:
+    """The mean of paired ``differences``, its 95% t-interval, the number of pairs, the two-sided t-test's
+    p-value, and ``resolved`` when the interval excludes 0."""
+    n, mean = len(differences), differences.mean()
+    spread = differences.std(ddof=1) if n > 1 else np.nan
+    if n > 1 and spread > 0:
+        low, high = stats.t.interval(LEVEL, n - 1, loc=mean, scale=spread / np.sqrt(n))
+        p = stats.ttest_1samp(differences, 0.0).pvalue
+    elif n > 1:  # identical differences in every seed: the interval is that value
+        low = high = mean
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        low = high = p = np.nan
+    return {"difference": mean, "ci_low": low, "ci_high": high, "pairs": n, "p": p, "resolved": bool(low > 0 or high < 0)}
 
 
 def holm(p_values) -> np.ndarray:
@@ -141,6 +144,29 @@ def per_class(runs: list[Run], layout: Layout) -> pd.DataFrame:
     return table.round(4)
 
 
+def timing(runs: list[Run], layout: Layout) -> pd.DataFrame:
+    """Per run group (dataset, method, percent, schedule), means over seeds of what each run's training log
+    measured: the median seconds per iteration (data loading and step, ``seconds_per_iteration``), the
+    training's seconds in all (``training_seconds``) and its threads (the most frequent per run). A run without
+    a log (metrics written by hand) adds no row."""
+    records = []
+    for run in runs:
+        if not layout.log(run).is_file():
+            continue
+        log_table = pd.read_csv(layout.log(run))
+        seconds = log_table["data_seconds"] + log_table["step_seconds"]
+        records.append({"dataset": run.dataset, "method": run.method, "percent": run.percent, "schedule": run.schedule,
+                        "seconds_per_iteration": seconds.median(), "training_seconds": seconds.sum(),
+                        "iterations": len(log_table), "threads": int(log_table["threads"].mode().iloc[0])})
+    columns = [*GROUP, "seconds_per_iteration", "training_seconds", "iterations", "threads", "seeds"]
+    if not records:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame.from_records(records).groupby(GROUP, sort=False)
+    summary = table[["seconds_per_iteration", "training_seconds", "iterations", "threads"]].mean()
+    summary["seeds"] = table.size()
+    return summary.reset_index().round(4)
+
+
 def target_margins(runs: list[Run], layout: Layout) -> pd.DataFrame:
     """Long table: per run group (dataset, method, percent, schedule) and class, the means over seeds of what the
     method's target asks at the class's labelled pixels of the runs' training images (``paper_repro/margins.py``:
@@ -171,6 +197,28 @@ def target_margins(runs: list[Run], layout: Layout) -> pd.DataFrame:
     return table.reset_index()[columns].round(4)
 
 
+def scale_check(settings: Settings, layout: Layout) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The scale check's runs beside the same runs at 1x. ``scale``: per dataset (the one drawn larger is a dataset
+    of its own, ``scale`` times the size of ``drawn_from``), method and percent, :func:`with_paired` of mIoU and ECE.
+    ``scale_change``: per method but ``ce`` and percent, the change of its paired mIoU difference to ``ce`` from 1x
+    to the larger scale, seed by seed (:func:`t_interval`)."""
+    larger = settings.scale.runs()
+    runs = load_runs([replace(run, dataset=settings.dataset(run.dataset).scaled_from) for run in larger] + larger, layout)
+    runs.insert(1, "drawn_from", [settings.dataset(name).scaled_from or name for name in runs["dataset"]])
+    runs.insert(2, "scale", [settings.dataset(name).scale for name in runs["dataset"]])
+    table = with_paired(runs, "miou").merge(with_paired(runs, "ece").drop(columns="n"), on=GROUP)
+    table = runs[["dataset", "drawn_from", "scale"]].drop_duplicates().merge(table, on="dataset")
+    baseline = runs[runs["method"] == BASELINE].set_index(["dataset", "percent", "seed"])["miou"]
+    runs["vs_ce"] = runs["miou"].to_numpy() - baseline.reindex(pd.MultiIndex.from_frame(runs[["dataset", "percent", "seed"]])).to_numpy()
+    wide = runs[runs["method"] != BASELINE].pivot_table(index=["drawn_from", "method", "percent", "seed"], columns="scale", values="vs_ce")
+    factor = settings.dataset(larger[0].dataset).scale
+    change = (wide[factor] - wide[1]).dropna().rename("change").reset_index()
+    rows = [{"drawn_from": drawn_from, "scale": factor, "method": method, "percent": percent}
+            | {f"miou_{name}": value for name, value in t_interval(group["change"].to_numpy()).items()}
+            for (drawn_from, method, percent), group in change.groupby(["drawn_from", "method", "percent"], sort=False)]
+    return table, pd.DataFrame.from_records(rows).round(4)
+
+
 def report(settings: Settings, layout: Layout = Layout()) -> dict[str, Path]:
     """Write the study's tables; returns their paths by name."""
     study_runs = settings.study.runs()
@@ -182,6 +230,7 @@ def report(settings: Settings, layout: Layout = Layout()) -> dict[str, Path]:
         "boundary": with_paired(runs, "boundary_miou").merge(with_paired(runs, "interior_miou").drop(columns="n"), on=GROUP),
         "per_class": per_class(study_runs, layout),
         "margins": target_margins(settings.runs(), layout),
+        "timing": timing(settings.runs(), layout),
     }
     if settings.ablation:  # the ablation's variants beside the study's ce and pals runs of the same percents and seeds
         ablation = load_runs(settings.ablation.runs((BASELINE, ABLATED, *settings.ablation.methods)), layout)
@@ -192,6 +241,8 @@ def report(settings: Settings, layout: Layout = Layout()) -> dict[str, Path]:
         same = replace(longer, schedule=1)
         both = load_runs(same.runs() + longer.runs(), layout)
         tables["schedule"] = with_paired(both, "miou").merge(with_paired(both, "ece").drop(columns="n"), on=GROUP)
+    if settings.scale:  # the runs on the datasets drawn larger beside the same runs at 1x
+        tables["scale"], tables["scale_change"] = scale_check(settings, layout)
     paths = {}
     for name, table in tables.items():
         paths[name] = layout.table(name)

@@ -4,7 +4,7 @@
 #     bash scripts/gpu_study.sh [PRESET]        # default: presets/embedded-gpu.yaml (10 seeds)
 #
 # It writes the preset's effective parameters into params.yaml (`git checkout params.yaml`
-# restores the default), then runs generate and subsets per dataset, pretrain, runs per dataset
+# restores the default), then runs generate and subsets per dataset (the scale check's included), pretrain, runs per dataset
 # and report, logging each stage's start and wall time, and ends with the paired half-widths to
 # ce from results/tables/main.csv. Under DVC, `python -m paper_repro preset PRESET && dvc repro`
 # does the same and also runs explain and the notebooks.
@@ -23,7 +23,8 @@ stage() {
 }
 
 "$python" -m paper_repro preset "$preset"
-datasets=$("$python" -c "from paper_repro.config import load_settings; print(*load_settings().study.datasets)")
+# the study's datasets, then those the scale check draws larger (their own generate, subsets and runs stages)
+datasets=$("$python" -c "from paper_repro.config import load_settings as l; s = l(); print(*s.study.datasets, *(s.scale.datasets if s.scale else ()))")
 for dataset in $datasets; do
     stage generate --dataset "$dataset"
     stage subsets --dataset "$dataset"

@@ -154,7 +154,7 @@ def test_stage_inputs_are_the_layouts():
             for stage in ("subsets", "runs", "report", "explain")}
     assert deps["subsets"] == {layout.data(DATASET)}
     assert deps["runs"] == {layout.data(DATASET), layout.manifests(DATASET), layout.pretrained_backbone()}
-    assert deps["report"] == {layout.metrics(RUN).parent.parent}
+    assert deps["report"] == {layout.metrics(RUN).parent.parent, layout.log(RUN).parent.parent}
     assert deps["explain"] == {layout.data(DATASET), layout.run_dir(RUN).parent}
     notebook, name = PIPELINE["notebooks"]["do"], "02_main_results"
     outputs = {Path(substitute(next(iter(entry)), {"${item}": name})) for entry in notebook["outs"]}

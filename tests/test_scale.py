@@ -5,13 +5,16 @@ import copy
 import json
 
 import pytest
+import pandas as pd
 import yaml
 from PIL import Image
 
 from conftest import TINY_PARAMS, run_cli
+from test_compare import write_metrics
 from paper_repro.config import load_settings
 from paper_repro.data import open_dataset
 from paper_repro.layout import Layout, Run
+from paper_repro.report import report
 from paper_repro.settings import resolve
 from paper_repro.errors import ParamsError
 
@@ -109,3 +112,49 @@ def test_the_runs_stage_trains_and_evaluates_the_scale_check_on_the_larger_datas
         predicted = next(layout.predictions(run).glob("*.png"))
         assert Image.open(predicted).size == (128, 64)  # evaluated at the larger size
     assert not layout.metrics(Run("tiny-streets", "ce", 50, 0)).exists()  # the 1x runs belong to their own stage
+
+
+def test_report_sets_the_scale_check_beside_the_same_runs_at_1x(tmp_path):
+    """Hand-written metrics: pals - ce is 3, 2, 3 at 1x and 0, 0.5, 0.5 at 2x, so the change from 1x to 2x is
+    -3, -1.5, -2.5: mean -7/3, sample sd 0.763763, t(0.975, 2) = 4.302653, half-width 1.897290."""
+    params = params_with(study=TINY_PARAMS["study"] | {"percents": [50], "seeds": [0, 1, 2]})
+    params["scale"] = SCALE | {"seeds": [0, 1, 2]}
+    settings = resolve(params, "test parameters")
+    mious = {("tiny-streets", "ce"): [40.0, 44.0, 50.0], ("tiny-streets", "pals"): [43.0, 46.0, 53.0],
+             ("tiny-streets-x2", "ce"): [45.0, 49.0, 55.0], ("tiny-streets-x2", "pals"): [45.0, 49.5, 55.5]}
+    write_metrics(tmp_path, {Run(dataset, method, 50, seed): values[seed] for (dataset, method), values in mious.items() for seed in range(3)})
+    report(settings, Layout(tmp_path))
+    table = pd.read_csv(Layout(tmp_path).table("scale")).set_index(["scale", "method"])
+    assert table.loc[(1, "ce"), ["dataset", "drawn_from", "miou_mean"]].tolist() == ["tiny-streets", "tiny-streets", pytest.approx(134 / 3, abs=1e-4)]
+    assert table.loc[(2, "ce"), ["dataset", "drawn_from", "miou_mean"]].tolist() == ["tiny-streets-x2", "tiny-streets", pytest.approx(149 / 3, abs=1e-4)]
+    assert table.loc[(1, "pals"), "miou_delta_vs_ce"] == pytest.approx(8 / 3, abs=1e-4) and table.loc[(1, "pals"), "miou_resolved"]
+    assert table.loc[(2, "pals"), "miou_delta_vs_ce"] == pytest.approx(1 / 3, abs=1e-4) and not table.loc[(2, "pals"), "miou_resolved"]
+    [change] = pd.read_csv(Layout(tmp_path).table("scale_change")).to_dict("records")
+    assert change | {"miou_difference": round(change["miou_difference"], 4)} == {
+        "drawn_from": "tiny-streets", "scale": 2, "method": "pals", "percent": 50, "miou_difference": -2.3333,
+        "miou_ci_low": pytest.approx(-7 / 3 - 1.897290, abs=1e-4), "miou_ci_high": pytest.approx(-7 / 3 + 1.897290, abs=1e-4),
+        "miou_pairs": 3, "miou_p": pytest.approx(change["miou_p"]), "miou_resolved": True}
+    assert change["miou_p"] == pytest.approx(0.0339, abs=1e-4)  # t = -5.2915 on 2 degrees of freedom: p = 1 - |t| / sqrt(t^2 + 2)
+    main = pd.read_csv(Layout(tmp_path).table("main"))
+    assert set(main["dataset"]) == {"tiny-streets"}  # the study's table holds the study alone
+
+
+def test_report_times_each_run_group_from_its_training_logs(tmp_path):
+    """Hand-written logs: the median of data + step seconds per run, averaged over seeds."""
+    params = params_with(SCALE | {"seeds": [0, 1]}, study=TINY_PARAMS["study"] | {"percents": [50], "seeds": [0, 1]})
+    settings = resolve(params, "test parameters")
+    runs = [Run(dataset, method, 50, seed) for dataset in ("tiny-streets", "tiny-streets-x2") for method in ("ce", "pals") for seed in (0, 1)]
+    write_metrics(tmp_path, {run: 50.0 for run in runs})
+    layout = Layout(tmp_path)
+    for run in runs:  # a run's iterations take 0.1, 0.2, 0.6 s (median 0.2), at 2x 0.5, 0.5, 2.0 s (median 0.5), the second seed 0.1 s more each
+        steps = [0.1, 0.2, 0.6] if run.dataset == "tiny-streets" else [0.5, 0.5, 2.0]
+        log_table = pd.DataFrame({"iteration": [1, 2, 3], "loss": 1.0, "lr": 0.01, "threads": [1, 1, 2],
+                                  "data_seconds": 0.05 + 0.1 * run.seed, "step_seconds": [step - 0.05 for step in steps]})
+        layout.log(run).parent.mkdir(parents=True, exist_ok=True)
+        log_table.to_csv(layout.log(run), index=False)
+    report(settings, layout)
+    table = pd.read_csv(layout.table("timing")).set_index(["dataset", "method"])
+    assert table.loc[("tiny-streets", "ce"), "seconds_per_iteration"] == pytest.approx(0.25)
+    assert table.loc[("tiny-streets-x2", "pals"), "seconds_per_iteration"] == pytest.approx(0.55)
+    assert table.loc[("tiny-streets-x2", "pals"), "training_seconds"] == pytest.approx(3.15)  # 3.0 and 3.3
+    assert table.loc[("tiny-streets", "pals"), ["iterations", "threads", "seeds"]].tolist() == [3, 1, 2]
