@@ -198,8 +198,9 @@ class DatasetSettings:
     scale: int = 1
 
     def scaled(self, factor: int) -> DatasetSettings:
-        """This generated dataset drawn ``factor`` times higher and wider, named ``<name>-x<factor>``: the same
-        scenes (the generator's arguments but the size), crop and base size ``factor`` times larger, the same training."""
+        """This generated dataset drawn ``factor`` times higher and wider, named ``<name>-x<factor>``: the generator's
+        arguments but the size (the same seed and ids; its draws depend on the size, so the scenes are new ones of the
+        same distribution), crop and base size ``factor`` times larger, the same training."""
         size = {key: self.generate[key] * factor for key in ("height", "width")}
         return replace(self, name=f"{self.name}-x{factor}", root=f"{self.root}-x{factor}", generate=self.generate | size,
                        base_size=self.base_size * factor, crop=(self.crop[0] * factor, self.crop[1] * factor),
