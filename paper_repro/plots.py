@@ -167,7 +167,7 @@ def margin_correlations(margins: pd.DataFrame) -> pd.DataFrame:
     """Per dataset, label percent and method but ``ce`` (and per dataset and percent over all those methods
     together, method ``all``): Pearson's r between the classes' mean target margin and their IoU difference to
     ``ce`` (``report.target_margins``), its 95% interval (Fisher's z: ``tanh(atanh(r) +- 1.96 / sqrt(n - 3))``)
-    and the number of (method, class) points."""
+    and the number of (method, class) points; r is empty for a method whose margin is the same for every class (``ls``)."""
     from scipy import stats
 
     rows = []
@@ -175,6 +175,10 @@ def margin_correlations(margins: pd.DataFrame) -> pd.DataFrame:
     for (dataset, percent), group in points.groupby(["dataset", "percent"], sort=False):
         for method, part in [*group.groupby("method", sort=False), ("all", group)]:
             if len(part) < 4:
+                continue
+            if part["margin"].nunique() < 2:  # the same margin for every class (ls: 1 - eps): r is not defined
+                rows.append({"dataset": dataset, "percent": percent, "method": method, "r": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                             "points": len(part)})
                 continue
             result = stats.pearsonr(part["margin"], part["iou_minus_ce"])
             interval = result.confidence_interval(0.95)

@@ -280,14 +280,15 @@ def test_a_second_launcher_fails_at_once_and_only_launch_parameters_may_be_overr
 
 @pytest.mark.parametrize("source", ["params.yaml", "presets/cityscapes.yaml", "presets/voc.yaml", "presets/embedded-gpu.yaml"])
 def test_every_shipped_parameter_file_can_launch(source):
-    """Every shipped file's launch section is valid, and launch finds one stage per run of its study, sweep and schedule check."""
+    """Every shipped file's launch section is valid, and launch finds one stage per run of its study, sweep, schedule and scale checks."""
     from paper_repro.config import load_settings
     from paper_repro.tool_settings import load_launch
 
     settings = load_settings(ROOT / source, ["launch.workers=2"])
     assert load_launch(ROOT / source, ["launch.workers=2"]).workers == 2
     stages = stages_of(settings)
-    assert list(stages) == settings.runs() and set(stages.values()) == {f"runs@{dataset}" for dataset in settings.study.datasets}
+    scaled = {f"runs-scaled@{settings.dataset(dataset).scaled_from}" for dataset in (settings.scale.datasets if settings.scale else ())}
+    assert list(stages) == settings.runs() and set(stages.values()) == {f"runs@{dataset}" for dataset in settings.study.datasets} | scaled
 
 
 def test_concurrent_jobs_share_the_thread_budget(monkeypatch):

@@ -81,3 +81,19 @@ def test_margin_correlations_by_hand():
     assert table.loc["pals", "r"] == pytest.approx(r, abs=1e-3) and table.loc["pals", "points"] == 5
     assert table.loc["pals", "ci_low"] == pytest.approx(math.tanh(math.atanh(r) - half), abs=1e-3)
     assert table.loc["pals", "ci_high"] == pytest.approx(math.tanh(math.atanh(r) + half), abs=1e-3)
+
+
+def test_a_margin_the_same_for_every_class_has_no_correlation_and_no_warning():
+    import warnings
+
+    import pandas as pd
+
+    from paper_repro.plots import margin_correlations
+
+    rows = [{"dataset": "d", "percent": 30, "schedule": 1, "method": "ls", "class": f"c{i}", "margin": 0.9, "iou_minus_ce": float(i)}
+            for i in range(5)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warns on a constant input
+        table = margin_correlations(pd.DataFrame(rows)).set_index("method")
+    assert list(table.index) == ["ls", "all"] and table.loc["ls", "points"] == 5
+    assert table[["r", "ci_low", "ci_high"]].isna().all().all()
