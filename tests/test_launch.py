@@ -68,9 +68,12 @@ def test_parallel_jobs_record_what_a_serial_repro_records(tmp_path):
 
     def watch():
         while not watching.is_set():
-            pids = processes_of(["paper_repro", "run"])
-            devices.append(sorted(device for device in (environment_value(pid, "CUDA_VISIBLE_DEVICES") for pid in pids) if device is not None))
-            threads.update(value for value in (environment_value(pid, "OMP_NUM_THREADS") for pid in pids) if value is not None)
+            found = {pid: environment_value(pid, "CUDA_VISIBLE_DEVICES") for pid in processes_of(["paper_repro", "run"])}
+            # a look at /proc is not one instant (on a loaded machine the scan may pause for seconds): the runs found
+            # that are still there once it ends ran together then; one that ended meanwhile may have left its slot to a new one
+            together = [pid for pid in found if (Path("/proc") / str(pid)).exists()]
+            devices.append(sorted(found[pid] for pid in together if found[pid] is not None))
+            threads.update(value for value in (environment_value(pid, "OMP_NUM_THREADS") for pid in found) if value is not None)
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
