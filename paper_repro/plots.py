@@ -11,7 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from .data import KINDS, class_colours
-from .settings import BASELINE
+from .settings import BASELINE, LossSettings
 
 # The only figures the paper's abstract gives: PALS minus cross-entropy mIoU (points) on the
 # Cityscapes *test* set at 10/30/50/100% of the training labels.
@@ -29,6 +29,12 @@ PUBLISHED_SUPERVISED = {
     ("voc", "U2PL SupOnly"): [(1464, 1464, 72.5)],
     ("voc", "UniMatch SupBaseline"): [(1464, 1464, 73.5)],
 }
+
+
+def describe_method(params: dict, method: str) -> str:
+    """A method of ``params`` as a legend writes it: its loss and the parameters it reads (``pals: alpha 0.9, tau 0.1, T 1``)."""
+    options = params["methods"][method]
+    return LossSettings.of(options["loss"], {key: value for key, value in options.items() if key != "loss"}).describe()
 
 
 def mean_std_table(table: pd.DataFrame, column: str, index: str = "method", columns: str = "percent") -> pd.DataFrame:
